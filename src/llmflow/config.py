@@ -1,0 +1,85 @@
+"""Config validation against the workflow's JSON schema (draft 2020-12), with defaults filled in.
+
+Errors are reduced to one line naming the offending key path (``prior.lengthscale[0]``), so a
+user sees what to fix before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError, best_match
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value that the workflow cannot use; the message is one line naming the key."""
+
+
+def _fill_defaults(validator_class):
+    """A validator class that writes each property's ``default`` into the instance first."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema) -> Iterator[ValidationError]:
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+DefaultFillingValidator = _fill_defaults(Draft202012Validator)
+
+
+def key_path(path: Any) -> str:
+    """``['prior', 'lengthscale', 0]`` → ``prior.lengthscale[0]``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _describe(error: ValidationError) -> str:
+    path = list(error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return f"{key_path([*path, missing])}: required key is missing"
+    if error.validator == "additionalProperties":
+        return f"{key_path(path)}: {error.message}"
+    return f"{key_path(path)}: {error.message}"
+
+
+def _check_ranges(node: Any, schema: dict[str, Any], path: list) -> None:
+    """Schema keyword ``x-range: true`` marks [low, high] pairs: low must not exceed high."""
+    if isinstance(node, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name in node:
+                _check_ranges(node[name], sub, [*path, name])
+    elif isinstance(node, list) and schema.get("x-range") and node[0] > node[1]:
+        raise ConfigError(f"config error: {key_path(path)}: low end {node[0]} exceeds high end {node[1]}")
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``config`` in place, fill in defaults, and return it.
+
+    Raises ConfigError with a one-line message naming the first offending key.
+    """
+    schema = load_schema() if schema is None else schema
+    error = best_match(DefaultFillingValidator(schema).iter_errors(config))
+    if error is not None:
+        raise ConfigError(f"config error: {_describe(error)}")
+    _check_ranges(config, schema, [])
+    return config

@@ -1,0 +1,211 @@
+"""The Neural Diffusion Process network: a diffusion transformer (DiT) over the points of a task.
+
+A task is a set of N points ``(x_i, y_i)`` with ``x_i ∈ R^D``. Each point is one token; the
+network maps the noisy values ``y_t`` at flow time ``t`` to a velocity per point,
+
+    u_θ(y_t, t | x) ∈ R^N.
+
+Architecture (Peebles & Xie's DiT, with points in place of image patches):
+
+- token embedding: ``h_i = W₂ GeLU(W₁ [x_i, y_t,i] + b₁) + b₂`` — low-dimensional raw inputs are
+  lifted before any layer norm sees them;
+- time embedding: sinusoidal features of ``t`` → MLP → ``c ∈ R^dim``, shared by all tokens;
+- ``depth`` blocks, each conditioned on ``c`` by adaLN-zero: ``(β₁, γ₁, α₁, β₂, γ₂, α₂) =
+  W SiLU(c)`` with ``W`` zero-initialised, and
+
+      h ← h + α₁ ⊙ Attn(LN(h) ⊙ (1 + γ₁) + β₁)
+      h ← h + α₂ ⊙ MLP(LN(h) ⊙ (1 + γ₂) + β₂)
+
+  so every block starts as the identity;
+- final layer: ``u_i = W_o (LN(h_i) ⊙ (1 + γ) + β)`` with ``W_o`` and its adaLN zero-initialised,
+  so the untrained network outputs u = 0.
+
+Attention runs over the points of a task with no positional encoding, so permuting the points
+permutes the output (equivariance). A validity mask (True = real point) removes padded points
+from every attention so tasks of different sizes share a batch; outputs at padded points are
+meaningless and must be ignored by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class NDPConfig:
+    """Architecture of the DiT.
+
+    x_dim: input dimension D ≥ 1. dim: token width. depth: number of blocks. heads: attention
+    heads (dim must be divisible). mlp_ratio: hidden width of the block MLP / dim.
+    time_freqs: number of sinusoidal time features.
+    """
+
+    x_dim: int = 1
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    time_freqs: int = 64
+
+    def __post_init__(self) -> None:
+        if self.x_dim < 1:
+            raise ValueError(f"x_dim must be >= 1, got {self.x_dim}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} not divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def timestep_features(t: Tensor, n_freqs: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal features of flow time ``t`` (B,) in [0, 1] → (B, n_freqs).
+
+    ``[cos(1000 t ω_k), sin(1000 t ω_k)]`` with ``ω_k = max_period^(-k/(n_freqs/2))``; the factor
+    1000 spreads t ∈ [0, 1] over the frequency range the DiT embedding was designed for.
+    """
+    half = n_freqs // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: ``h ⊙ (1 + scale) + shift`` with per-task (B, dim) modulation broadcast over points."""
+    return h * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+class PointAttention(nn.Module):
+    """Multi-head self-attention over the points of a task (no positional encoding)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, h: Tensor, key_mask: Tensor | None) -> Tensor:
+        """h (B, N, dim); key_mask (B, 1, 1, N) bool, True = attend to that point."""
+        b, n, d = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-zero time conditioning."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = PointAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        # adaLN-zero: six modulation vectors from the time embedding, all zero at initialisation,
+        # so the gates α₁ = α₂ = 0 and the block is the identity map.
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, h: Tensor, c: Tensor, key_mask: Tensor | None) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        h = h + gate1[:, None, :] * self.attn(modulate(self.norm1(h), shift1, scale1), key_mask)
+        h = h + gate2[:, None, :] * self.mlp(modulate(self.norm2(h), shift2, scale2))
+        return h
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated layer norm then a zero-initialised projection to one velocity per point."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.out = nn.Linear(dim, 1)
+        for layer in (self.ada[1], self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.out(modulate(self.norm(h), shift, scale)).squeeze(-1)
+
+
+class NDP(nn.Module):
+    """Velocity network ``u_θ(y_t, t | x)`` of the Neural Diffusion Process."""
+
+    def __init__(self, config: NDPConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.embed = nn.Sequential(nn.Linear(config.x_dim + 1, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embed = nn.Sequential(nn.Linear(config.time_freqs, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(DiTBlock(d, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.final = FinalLayer(d)
+
+    def forward(self, x: Tensor, y: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Velocity per point.
+
+        x: (B, N, D) inputs. y: (B, N) noisy values y_t (normalised units). t: (B,) or scalar
+        flow time in [0, 1]. mask: (B, N) bool, True = valid point; None = all valid.
+        Returns (B, N) velocities (normalised units per unit time); padded entries are arbitrary.
+        """
+        b = y.shape[0]
+        t = t.expand(b) if t.dim() == 0 else t
+        h = self.embed(torch.cat([x, y[..., None]], dim=-1))
+        c = self.time_embed(timestep_features(t, self.config.time_freqs).to(h.dtype))
+        key_mask = None if mask is None else mask[:, None, None, :]
+        for block in self.blocks:
+            h = block(h, c, key_mask)
+        return self.final(h, c)
+
+
+@dataclass(frozen=True)
+class YNormalisation:
+    """Affine map between data units and the model's units: ``y_model = (y − loc) / scale``.
+
+    Learned once from the training prior (``global``: mean and standard deviation of every valid
+    training y) or the identity (``none``). Everything that talks to the network — the sampler,
+    the context noise (``noise_std / scale``), an expert's bin edges — goes through this map;
+    densities in data units pick up the Jacobian ``1 / scale`` per point.
+    """
+
+    loc: float = 0.0
+    scale: float = 1.0
+
+    def to_model(self, y: Tensor) -> Tensor:
+        return (y - self.loc) / self.scale
+
+    def to_data(self, y: Tensor) -> Tensor:
+        return y * self.scale + self.loc
+
+
+@dataclass
+class TrainedNDP:
+    """A velocity network with the normalisation it was trained under (the content of model.pt).
+
+    ``net`` is usually an :class:`NDP`; any callable ``(x, y_t, t, mask) → u`` in model units
+    works (tests use analytic velocity fields).
+    """
+
+    net: nn.Module | object
+    norm: YNormalisation
+
+    @property
+    def device(self) -> torch.device:
+        params = getattr(self.net, "parameters", None)
+        first = next(iter(params()), None) if params else None
+        return first.device if first is not None else torch.device("cpu")
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu") -> "TrainedNDP":
+        """Read a model.pt written by :func:`llmflow.train.save_model`, in eval mode on ``device``."""
+        payload = torch.load(path, map_location=device, weights_only=True)
+        net = NDP(NDPConfig(**payload["ndp_config"]))
+        net.load_state_dict(payload["state_dict"])
+        return cls(net.to(device).eval(), YNormalisation(**payload["normalisation"]))

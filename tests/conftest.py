@@ -1,0 +1,55 @@
+"""Shared fixtures: a copy of the workflow in a temporary folder, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "profiles", "tests/config.yaml")
+
+# No code path may reach a model hub: make any attempt fail loudly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Copy the workflow (not results) to ``dest`` so a run there leaves the checkout clean."""
+    for name in WORKFLOW_FILES:
+        src, dst = REPO / name, dest / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run Snakemake from this interpreter's environment in ``workdir``."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path / "wf")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole pipeline on tests/config.yaml, run once per test session."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny") / "wf")
+    result = snakemake(workdir, "-j2", "--configfile", "tests/config.yaml")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir

@@ -1,0 +1,77 @@
+"""Kernels: closed-form values, and GP draws whose empirical covariance matches the kernel."""
+
+import numpy as np
+import pytest
+
+from llmflow.gp import posterior, sample_prior
+from llmflow.kernels import KERNEL_NAMES, Kernel
+
+X = np.linspace(-1.0, 1.0, 7)[:, None]
+N_DRAWS = 6000
+# Sampling error of a covariance entry is ~sqrt(2/N) ≈ 0.018 here; the max over 28 entries
+# stays well below 0.08, while a length-scale 1.5x off moves some entry by more than 0.15.
+TOL = 0.08
+
+
+def kernel(name: str, lengthscale: float = 0.6) -> Kernel:
+    return Kernel(name, lengthscale=lengthscale, variance=1.3, period=0.9, periodic_lengthscale=0.8)
+
+
+def test_closed_form_values():
+    r = np.array([[0.0], [0.6]])
+    se = Kernel("se", lengthscale=0.6, variance=2.0)(r[:1], r)
+    np.testing.assert_allclose(se, [[2.0, 2.0 * np.exp(-0.5)]])
+    m52 = Kernel("matern52", lengthscale=0.6)(r[:1], r)[0, 1]
+    s5 = np.sqrt(5.0)
+    np.testing.assert_allclose(m52, (1 + s5 + 5 / 3) * np.exp(-s5))
+    per = Kernel("periodic", period=0.6, periodic_lengthscale=0.5)
+    np.testing.assert_allclose(per(r[:1], r)[0, 1], 1.0)  # one full period apart
+    np.testing.assert_allclose(per(r[:1], r / 2)[0, 1], np.exp(-2.0 / 0.25))  # half a period
+    wp = Kernel("weakly_periodic", lengthscale=0.6, period=0.6, periodic_lengthscale=0.5)
+    np.testing.assert_allclose(wp(r[:1], r)[0, 1], np.exp(-0.5))
+
+
+def test_multidimensional_inputs_use_euclidean_distance():
+    x = np.array([[0.0, 0.0], [0.3, 0.4]])  # distance 0.5
+    np.testing.assert_allclose(Kernel("se", lengthscale=0.5)(x, x)[0, 1], np.exp(-0.5))
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_empirical_covariance_matches_kernel(name):
+    k = kernel(name)
+    draws = sample_prior(k, X, noise_std=0.0, rng=np.random.default_rng(1), n_draws=N_DRAWS)
+    emp = np.cov(draws, rowvar=False)
+    assert np.abs(emp - k(X, X)).max() < TOL
+    if name != "periodic":  # the periodic kernel has no SE length-scale
+        wrong = kernel(name, lengthscale=0.6 * 1.5)
+        assert np.abs(emp - wrong(X, X)).max() > TOL
+
+
+def test_noise_adds_to_the_diagonal():
+    k = kernel("se")
+    draws = sample_prior(k, X, noise_std=0.5, rng=np.random.default_rng(2), n_draws=N_DRAWS)
+    emp = np.cov(draws, rowvar=False)
+    assert np.abs(emp - (k(X, X) + 0.25 * np.eye(len(X)))).max() < TOL
+
+
+def test_sampler_survives_near_singular_covariance():
+    x = np.linspace(0, 1, 200)[:, None]  # dense points, long length-scale: rank-deficient
+    draws = sample_prior(Kernel("se", lengthscale=10.0), x, 0.0, np.random.default_rng(0), 3)
+    assert np.isfinite(draws).all()
+
+
+def test_posterior_interpolates_noise_free_context_and_matches_prior_far_away():
+    k = Kernel("se", lengthscale=0.3)
+    x_ctx = np.array([[0.0], [0.5]])
+    y_ctx = np.array([1.0, -1.0])
+    post = posterior(k, x_ctx, y_ctx, np.array([[0.0], [0.5], [50.0]]), noise_std=1e-4)
+    np.testing.assert_allclose(post.mean[:2], y_ctx, atol=1e-3)
+    assert abs(post.mean[2]) < 1e-6
+    np.testing.assert_allclose(post.cov[2, 2], 1.0 + 1e-8, atol=1e-6)
+
+
+def test_invalid_hyperparameters_are_rejected():
+    with pytest.raises(ValueError, match="lengthscale"):
+        Kernel("se", lengthscale=-1.0)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Kernel("rbf")

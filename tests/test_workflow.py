@@ -1,0 +1,61 @@
+"""The workflow as users run it: lint, dry runs, bad config, and the tiny end-to-end run."""
+
+from pathlib import Path
+
+import xarray as xr
+import yaml
+
+from conftest import snakemake
+
+
+def test_lint_is_clean(workflow_copy: Path):
+    result = snakemake(workflow_copy, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_slurm_profile_dry_run(workflow_copy: Path):
+    result = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm-gpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_tiny_run_writes_valid_prior_shards(tiny_run: Path):
+    config = yaml.safe_load((tiny_run / "tests/config.yaml").read_text())
+    for split, n_shards in config["prior"]["shards"].items():
+        for k in range(n_shards):
+            ds = xr.open_zarr(tiny_run / f"results/prior/{split}/shard-{k}.zarr")
+            assert ds["x"].dims == ("function", "point", "x_dim")
+            assert ds["y"].dims == ("function", "point")
+            for var in ("kernel", "lengthscale", "variance", "noise_std"):
+                assert ds[var].dims == ("function",)
+            assert ds.sizes["function"] == config["prior"]["functions_per_shard"]
+            assert ds["y"].notnull().all()
+    assert "wrote results/prior/train/shard-0.zarr" in (tiny_run / "logs/prior/train/shard-0.log").read_text()
+
+
+def _break_config(workdir: Path, edit) -> None:
+    path = workdir / "tests/config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+def test_bad_config_fails_before_any_job(workflow_copy: Path):
+    _break_config(workflow_copy, lambda c: c["prior"].update(lengthscale=[-0.5, 1.0]))
+    result = snakemake(workflow_copy, "-j1", "--configfile", "tests/config.yaml")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "config error: prior.lengthscale[0]: -0.5 is less than or equal to the minimum of 0"
+    )
+    assert not (workflow_copy / "results").exists()
+
+
+def test_missing_key_names_the_key(workflow_copy: Path):
+    # --configfile only extends config.yaml, so remove the key from config.yaml itself.
+    path = workflow_copy / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    del config["prior"]["n_points"]
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(workflow_copy, "-j1")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "config error: prior.n_points: required key is missing"
+    assert not (workflow_copy / "results").exists()

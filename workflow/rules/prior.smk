@@ -1,0 +1,16 @@
+rule prior:
+    """One shard of GP prior draws (deterministic per seed, split and shard index)."""
+    output:
+        directory("results/prior/{split}/shard-{shard}.zarr"),
+    log:
+        "logs/prior/{split}/shard-{shard}.log",
+    wildcard_constraints:
+        split="train|val|test",
+        shard=r"\d+",
+    params:
+        seed=config["seed"],
+        prior=config["prior"],
+    conda:
+        "../../envs/llmflow.yaml"
+    script:
+        "../scripts/prior.py"
