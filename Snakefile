@@ -5,6 +5,7 @@ import sys
 from snakemake.utils import min_version
 
 from llmflow.config import ConfigError, validate_config
+from llmflow.tasks import TaskInputError, check_user_tasks
 
 min_version("9.0")
 
@@ -14,13 +15,15 @@ configfile: "config.yaml"
 
 try:
     validate_config(config)
-except ConfigError as err:
+    check_user_tasks(config)
+except (ConfigError, TaskInputError) as err:
     # One line naming the key, before any job runs or any output is touched.
     sys.exit(str(err))
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prior.smk"
+include: "workflow/rules/tasks.smk"
 
 
 rule all:
@@ -29,3 +32,4 @@ rule all:
         PRIOR_SHARDS["train"],
         PRIOR_SHARDS["val"],
         PRIOR_SHARDS["test"],
+        TASK_STORES,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "profiles", "tests/config.yaml")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "profiles", "tests/config.yaml", "tests/data")
 
 # No code path may reach a model hub: make any attempt fail loudly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

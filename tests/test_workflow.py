@@ -18,6 +18,13 @@ def test_slurm_profile_dry_run(workflow_copy: Path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_tiny_run_writes_every_task(tiny_run: Path):
+    for name in ("gp-se-000", "synth-sine", "text-zero_after_30", "real-nile", "user-temperature"):
+        ds = xr.open_zarr(tiny_run / f"results/tasks/{name}.zarr")
+        assert ds.attrs["name"] == name
+        assert ds["x_context"].dims == ("context", "x_dim") and ds.sizes["target"] >= 1
+
+
 def test_tiny_run_writes_valid_prior_shards(tiny_run: Path):
     config = yaml.safe_load((tiny_run / "tests/config.yaml").read_text())
     for split, n_shards in config["prior"]["shards"].items():
@@ -58,4 +65,15 @@ def test_missing_key_names_the_key(workflow_copy: Path):
     result = snakemake(workflow_copy, "-j1")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "config error: prior.n_points: required key is missing"
+    assert not (workflow_copy / "results").exists()
+
+
+def test_bad_user_csv_fails_before_any_job(workflow_copy: Path):
+    (workflow_copy / "tests/data").mkdir(exist_ok=True)
+    (workflow_copy / "tests/data/user_task.csv").write_text("month,temperature,observed\n1,2.0,true\n2,,false\n")
+    result = snakemake(workflow_copy, "-j1", "--configfile", "tests/config.yaml")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "user task 'temperature': tests/data/user_task.csv: line 3, column 'temperature': missing value"
+    )
     assert not (workflow_copy / "results").exists()

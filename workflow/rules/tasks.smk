@@ -1,0 +1,17 @@
+rule tasks:
+    """One evaluation task: context/target split, text, and any checkable constraint."""
+    output:
+        directory("results/tasks/{task}.zarr"),
+    log:
+        "logs/tasks/{task}.log",
+    wildcard_constraints:
+        task="|".join(map(re.escape, TASKS)),
+    input:
+        # user tasks depend on their CSV, so editing it rebuilds the task
+        lambda wc: USER_CSVS.get(wc.task, []),
+    params:
+        config=lambda wc: {"seed": config["seed"], "tasks": config["tasks"]},
+    conda:
+        "../../envs/llmflow.yaml"
+    script:
+        "../scripts/tasks.py"
