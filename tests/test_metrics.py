@@ -1,0 +1,69 @@
+"""Metrics: estimators checked against exact values on Gaussian predictives."""
+
+import numpy as np
+from scipy import stats
+
+from llmflow.metrics import Bins, bins_metrics, gaussian_metrics, kde_log_density, sample_metrics
+from llmflow.tasks import Task
+
+
+def gaussian_task(m: int = 8, seed: int = 0) -> tuple[Task, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, m)[:, None]
+    mean = np.sin(3 * x[:, 0])
+    cov = 0.09 * np.exp(-0.5 * (x - x.T) ** 2 / 0.3**2) + 1e-4 * np.eye(m)
+    y = rng.multivariate_normal(mean, cov)
+    return Task("t", "gp", "", x[:1], y[:1], x, y), mean, cov
+
+
+def test_kde_matches_exact_marginal_density():
+    rng = np.random.default_rng(1)
+    samples = rng.normal(0.5, 2.0, size=(40000, 3))
+    y = np.array([0.5, 2.0, -3.0])
+    np.testing.assert_allclose(kde_log_density(samples, y), stats.norm.logpdf(y, 0.5, 2.0), atol=0.04)
+
+
+def test_sample_metrics_agree_with_the_exact_gaussian():
+    task, mean, cov = gaussian_task()
+    samples = np.random.default_rng(2).multivariate_normal(mean, cov, size=2000)
+    est, exact = sample_metrics(task, samples), gaussian_metrics(task, mean, cov)
+    for key, tol in (("nll", 0.08), ("crps", 0.01), ("mae", 0.02), ("joint_loglik", 0.1)):
+        assert abs(est[key] - exact[key]) < tol, (key, est[key], exact[key])
+    # a wrong predictive (shifted by one sd) scores clearly worse
+    worse = sample_metrics(task, samples + 0.3)
+    assert worse["nll"] > est["nll"] + 0.2 and worse["crps"] > est["crps"] + 0.05
+
+
+def test_binned_metrics_are_exact_for_uniform_bins():
+    task = Task("t", "synth", "", np.zeros((1, 1)), np.zeros(1), np.zeros((1, 1)), np.array([0.3]))
+    bins = Bins(np.array([[0.0, 1.0]]), np.array([[1.0, 2.0]]), np.array([[0.5, 0.5]]))  # U(0, 2)
+    out = bins_metrics(task, bins)
+    np.testing.assert_allclose(out["nll"], np.log(2.0))
+    # CRPS of U(0, 2) at 0.3: ∫F² below + ∫(1−F)² above = 0.3³/12 + (1.7³)/(3·2²)·... exact form:
+    exact = stats.uniform(0, 2)
+    grid = np.linspace(-1, 3, 400001)
+    crps = np.trapezoid((exact.cdf(grid) - (grid >= 0.3)) ** 2, grid)
+    np.testing.assert_allclose(out["crps"], crps, atol=1e-3)
+    np.testing.assert_allclose(bins.quantiles(np.array([0.05, 0.5, 0.95]))[0], [0.1, 1.0, 1.9])
+    assert out["coverage90"] == 1.0 and out["coverage50"] == 0.0
+
+
+def test_coverage_of_calibrated_samples_is_nominal():
+    rng = np.random.default_rng(3)
+    m = 600
+    task = Task("t", "gp", "", np.zeros((1, 1)), np.zeros(1), np.arange(m, dtype=float)[:, None], rng.standard_normal(m))
+    out = sample_metrics(task, rng.standard_normal((300, m)))
+    assert abs(out["coverage90"] - 0.9) < 0.05 and abs(out["coverage50"] - 0.5) < 0.06
+    under = sample_metrics(task, 0.5 * rng.standard_normal((300, m)))  # over-confident
+    assert under["coverage90"] < 0.75
+
+
+def test_constraint_and_roughness():
+    x = np.arange(5, dtype=float)[:, None]
+    lo, hi = np.full(5, -1.0), np.full(5, 1.0)
+    task = Task("t", "text", "", x[:1], np.zeros(1), x, np.full(5, np.nan), lo, hi)
+    smooth = np.tile(np.linspace(-0.5, 0.5, 5), (10, 1))
+    zigzag = np.tile([0.9, -0.9, 0.9, -0.9, 0.9], (10, 1))
+    out = sample_metrics(task, np.concatenate([smooth, zigzag * 1.5]))
+    assert out["constraint"] == 0.5 and "crps" not in out
+    assert sample_metrics(task, smooth)["roughness"] < 1e-20 < sample_metrics(task, zigzag)["roughness"]
