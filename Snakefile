@@ -24,6 +24,8 @@ except (ConfigError, TaskInputError) as err:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prior.smk"
 include: "workflow/rules/tasks.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/bench.smk"
 
 
 rule all:
@@ -33,3 +35,5 @@ rule all:
         PRIOR_SHARDS["val"],
         PRIOR_SHARDS["test"],
         TASK_STORES,
+        "results/ndp/model.pt",
+        "results/bench/gp_oracle.csv",

@@ -1,0 +1,374 @@
+"""Training the NDP by OT conditional flow matching on the GP prior shards.
+
+One step: draw a batch of prior functions (all their valid points, no context/target split —
+the model learns the joint), noise ``y0 ~ N(0, I)``, a logit-normal ``t``, and minimise the
+masked velocity MSE of :func:`llmflow.flow.flow_matching_loss`. AdamW, linear warm-up then
+cosine decay to zero, gradient-norm clipping, and an exponential moving average of the
+weights (the EMA weights are what model.pt holds and what the sampler uses).
+
+y-normalisation convention: ``y_model = (y − loc) / scale`` with ``(loc, scale)`` the mean and
+standard deviation of every valid training y (``global``) or ``(0, 1)`` (``none``). x is used
+raw. The pair is stored in model.pt and applied by the sampler; the benchmark metrics are
+computed after mapping samples back to data units.
+
+Checkpoints (every ``checkpoint_every`` steps, atomically: temp file in the same folder then
+``os.replace``) hold model, EMA, optimiser, the noise generator's state, the data-loader
+position and the curve so far, so a killed run resumes to exactly the weights of an
+uninterrupted run on the same device. A checkpoint from another configuration or other data
+(a fingerprint mismatch) is discarded, not resumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from torch.nn.utils import clip_grad_norm_
+from tqdm.auto import tqdm
+
+from llmflow.io import write_file
+from llmflow.flow import flow_matching_loss, sample_logit_normal
+from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (``config["train"]``). Steps count optimiser updates."""
+
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    t_logit_mean: float = 0.0
+    t_logit_std: float = 1.0
+    y_normalisation: str = "global"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 25
+    val_every: int = 250
+    val_functions: int = 256
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.y_normalisation not in ("global", "none"):
+            raise ValueError(f"y_normalisation must be 'global' or 'none', got {self.y_normalisation!r}")
+
+
+@dataclass(frozen=True)
+class PriorData:
+    """All prior functions of a split in memory, padded to a common number of points.
+
+    x (F, N, D) float32, y (F, N) float32, mask (F, N) bool (True = valid point).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    mask: np.ndarray
+
+    def fingerprint(self) -> str:
+        """Short hash of the data, so a checkpoint is never resumed on other data."""
+        h = hashlib.sha256()
+        for a in (self.x, self.y, self.mask):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+
+def load_prior_shards(paths: Sequence[str | os.PathLike]) -> PriorData:
+    """Read ``x, y, mask`` from prior zarr shards (``xr.open_zarr``) and stack them."""
+    parts = []
+    for p in paths:
+        ds = xr.open_zarr(p)
+        parts.append((ds["x"].values.astype(np.float32), ds["y"].values.astype(np.float32), ds["mask"].values.astype(bool)))
+    n = max(p[1].shape[1] for p in parts)
+
+    def pad(a: np.ndarray, fill: float | bool) -> np.ndarray:
+        width = [(0, 0)] * a.ndim
+        width[1] = (0, n - a.shape[1])
+        return np.pad(a, width, constant_values=fill)
+
+    return PriorData(
+        x=np.concatenate([pad(x, 0.0) for x, _, _ in parts]),
+        y=np.concatenate([pad(np.where(m, y, 0.0), 0.0) for _, y, m in parts]),
+        mask=np.concatenate([pad(m, False) for _, _, m in parts]),
+    )
+
+
+def fit_normalisation(data: PriorData, kind: str) -> YNormalisation:
+    """``global``: mean and std of all valid y; ``none``: identity."""
+    if kind == "none":
+        return YNormalisation()
+    y = data.y[data.mask].astype(np.float64)
+    return YNormalisation(loc=float(y.mean()), scale=float(y.std()))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cpu`` / ``cuda`` as asked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps`` then cosine decay to 0 at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class BatchOrder:
+    """Epoch-wise random permutations of the functions; the position (epoch, cursor) is the state.
+
+    The permutation of epoch e is drawn from ``default_rng([seed, e])``, so the position alone
+    restores the loader exactly.
+    """
+
+    def __init__(self, n_functions: int, batch_size: int, seed: int, epoch: int = 0, cursor: int = 0) -> None:
+        self.n, self.batch_size, self.seed = n_functions, batch_size, seed
+        self.epoch, self.cursor = epoch, cursor
+        self._perm = self._permutation(epoch)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        """Indices of the next batch; wraps into the next epoch (batches never straddle two)."""
+        if self.cursor + self.batch_size > self.n:
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._perm = self._permutation(self.epoch)
+        idx = self._perm[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temp file in the same folder, then ``os.replace``."""
+    write_file(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_model(model: TrainedNDP, path: str | os.PathLike, **extra: object) -> None:
+    """model.pt: ``{format, ndp_config, state_dict, normalisation, **extra}`` (weights_only-safe)."""
+    payload = {
+        "format": "llmflow-ndp-v1",
+        "ndp_config": model.net.config.to_dict(),
+        "state_dict": model.net.state_dict(),
+        "normalisation": asdict(model.norm),
+        **extra,
+    }
+    atomic_torch_save(payload, path)
+
+
+CURVE_COLUMNS = ["step", "loss", "val_loss", "lr", "steps_per_s", "wall_s"]
+
+
+def _validation_loss(data: PriorData, norm: YNormalisation, cfg: TrainConfig, dev: torch.device) -> Callable[[NDP], float]:
+    """A fixed held-out batch (first functions, seeded noise and times) → loss of a network on it."""
+    n = min(cfg.val_functions, len(data.y))
+    x = torch.from_numpy(data.x[:n]).to(dev)
+    mask = torch.from_numpy(data.mask[:n]).to(dev)
+    y1 = torch.from_numpy(np.where(data.mask[:n], (data.y[:n] - norm.loc) / norm.scale, 0.0).astype(np.float32)).to(dev)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    t = sample_logit_normal(n, cfg.t_logit_mean, cfg.t_logit_std, gen).to(dev)
+    y0 = torch.randn(y1.shape, generator=gen).to(dev)
+
+    def loss(net: NDP) -> float:
+        with torch.no_grad():
+            return float(flow_matching_loss(net, x, y1, mask, t, y0))
+
+    return loss
+
+
+@dataclass
+class TrainResult:
+    """model: the EMA network with its normalisation. curve: one row per ``log_every`` steps
+    (step, loss = mean training loss over those steps, val_loss = EMA loss on held-out functions
+    every ``val_every`` steps (NaN otherwise), lr, steps_per_s, wall_s).
+    resumed_from: the checkpoint step a run started from (None = fresh). seconds: this run's wall time."""
+
+    model: TrainedNDP
+    curve: pd.DataFrame
+    resumed_from: int | None
+    seconds: float
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def train(
+    data: PriorData,
+    model_config: NDPConfig,
+    cfg: TrainConfig,
+    checkpoint_dir: str | os.PathLike,
+    device: str = "auto",
+    progress: bool = True,
+    val_data: PriorData | None = None,
+) -> TrainResult:
+    """Train (or resume) an NDP on ``data``; see the module docstring for the recipe.
+
+    With ``val_data``, every ``val_every`` steps the EMA network's loss on its first
+    ``val_functions`` functions (fixed noise and times) goes into the curve's ``val_loss``: a
+    training loss far below it means the network memorises the finite prior (more functions
+    are needed), which a flow-matching loss alone does not show.
+    """
+    dev = resolve_device(device)
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    norm = fit_normalisation(data, cfg.y_normalisation)
+    fingerprint = hashlib.sha256(
+        json.dumps([model_config.to_dict(), {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints", "compile")}, data.fingerprint()], sort_keys=True).encode()
+    ).hexdigest()[:16]
+
+    torch.manual_seed(cfg.seed)  # the initial weights
+    net = NDP(model_config).to(dev)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    order = BatchOrder(len(data.y), min(cfg.batch_size, len(data.y)), cfg.seed)
+    rows: list[dict] = []
+    start, resumed_from = 0, None
+    window_loss, window_n = 0.0, 0  # running sum and count of losses since the last curve row
+
+    for old in _checkpoints(folder):
+        ckpt = torch.load(old, map_location=dev, weights_only=True)
+        if ckpt["fingerprint"] != fingerprint:
+            tqdm.write(f"discarding checkpoint {old} from another configuration or other data")
+            old.unlink()
+    if existing := _checkpoints(folder):
+        ckpt = torch.load(existing[-1], map_location=dev, weights_only=True)
+        net.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"].cpu())
+        order = BatchOrder(order.n, order.batch_size, cfg.seed, **ckpt["loader"])
+        rows, start = ckpt["curve"], ckpt["step"]
+        window_loss, window_n = ckpt["window"]
+        resumed_from = start
+
+    x_all = torch.from_numpy(data.x)
+    y_all = torch.from_numpy(np.where(data.mask, (data.y - norm.loc) / norm.scale, 0.0).astype(np.float32))
+    m_all = torch.from_numpy(data.mask)
+    fwd = torch.compile(net) if cfg.compile and dev.type == "cuda" else net
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    val_loss = _validation_loss(val_data, norm, cfg, dev) if val_data is not None else None
+
+    t_start = time.perf_counter()
+    window_t = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=start, desc="train NDP", unit="step", disable=not progress, dynamic_ncols=True)
+    net.train()
+    for step in range(start, cfg.steps):
+        idx = torch.from_numpy(order.next())
+        x, y1, mask = x_all[idx].to(dev), y_all[idx].to(dev), m_all[idx].to(dev)
+        t = sample_logit_normal(len(idx), cfg.t_logit_mean, cfg.t_logit_std, gen, dev)
+        y0 = torch.randn(y1.shape, generator=gen, device=dev)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        with autocast:
+            loss = flow_matching_loss(fwd, x, y1, mask, t, y0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        # EMA with a warm-up of its decay so short runs are not dominated by the initial weights.
+        decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1.0 - decay)
+
+        window_loss += loss.item()
+        window_n += 1
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            rows.append({"step": done, "loss": window_loss / window_n, "lr": learning_rate(step, cfg),
+                         "steps_per_s": window_n / (now - window_t), "wall_s": now - t_start,
+                         "val_loss": val_loss(ema) if val_loss and (done % cfg.val_every == 0 or done == cfg.steps) else float("nan")})
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", steps_s=f"{rows[-1]['steps_per_s']:.1f}")
+            window_loss, window_n, window_t = 0.0, 0, now
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            atomic_torch_save(
+                {"step": done, "fingerprint": fingerprint, "model": net.state_dict(), "ema": ema.state_dict(),
+                 "optimizer": opt.state_dict(), "generator": gen.get_state(), "loader": order.state(), "curve": rows, "window": (window_loss, window_n)},
+                folder / f"step-{done:08d}.pt",
+            )
+            for stale in _checkpoints(folder)[: -cfg.keep_checkpoints]:
+                stale.unlink()
+    bar.close()
+    return TrainResult(TrainedNDP(ema.eval(), norm), pd.DataFrame(rows, columns=CURVE_COLUMNS),
+                       resumed_from, time.perf_counter() - t_start)
+
+
+def plot_curve(curve: pd.DataFrame, path: str | os.PathLike) -> None:
+    """PNG of the training loss (log scale) and the learning rate against step, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve["step"], curve["loss"], lw=1.2, label="train")
+    val = curve.dropna(subset=["val_loss"])
+    if len(val):
+        ax.plot(val["step"], val["val_loss"], "o-", ms=3, lw=1.2, label="validation (EMA)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (normalised y)")
+    lr_ax = ax.twinx()
+    lr_ax.plot(curve["step"], curve["lr"], color="tab:gray", lw=0.8, ls="--")
+    lr_ax.set_ylabel("learning rate", color="tab:gray")
+    ax.set_title("NDP training curve")
+    fig.tight_layout()
+    write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def run_training(
+    shard_paths: Sequence[str | os.PathLike],
+    model_config: NDPConfig,
+    cfg: TrainConfig,
+    model_path: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike,
+    curve_csv: str | os.PathLike,
+    curve_png: str | os.PathLike,
+    device: str = "auto",
+    progress: bool = True,
+    val_shard_paths: Sequence[str | os.PathLike] = (),
+) -> TrainResult:
+    """The ``train`` stage: load shards, train/resume, write model.pt, the curve CSV and PNG."""
+    val = load_prior_shards(val_shard_paths) if val_shard_paths else None
+    result = train(load_prior_shards(shard_paths), model_config, cfg, checkpoint_dir, device, progress, val)
+    write_file(curve_csv, lambda tmp: result.curve.to_csv(tmp, index=False))
+    plot_curve(result.curve, curve_png)
+    save_model(result.model, model_path, train=asdict(cfg), steps=cfg.steps)
+    return result
+
+
+def train_config_from(section: dict, seed: int) -> TrainConfig:
+    """``config["train"]`` → TrainConfig; ``seed: null`` takes the top-level seed, ``threads`` is the rule's."""
+    values = {k: v for k, v in section.items() if k != "threads"}
+    if values.get("seed") is None:
+        values["seed"] = seed
+    return TrainConfig(**values)

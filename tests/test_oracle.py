@@ -1,0 +1,92 @@
+"""GP-oracle benchmark computations: estimator, exact rows, Bayes mixture, the table."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmflow.gp import posterior
+from llmflow.io import write_zarr
+from llmflow.kernels import Kernel
+from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
+from llmflow.oracle import (
+    BENCH_KERNELS, OracleConfig, bayes_mixture_loglik, gaussian_fit_loglik, gp_optimum_loglik, hyper_grid,
+    make_gp_tasks, prior_config_of, prior_tasks, run_gp_oracle,
+)
+from llmflow.prior import PriorConfig, make_shard, prior_config_json
+from llmflow.sampler import SamplerConfig
+
+PRIOR = {
+    "x_dim": 1, "x_range": [-2.0, 2.0], "n_points": [20, 30], "kernels": ["se", "weakly_periodic"],
+    "lengthscale": [0.25, 1.0], "variance": [1.0, 1.0], "noise_std": [0.05, 0.05], "period": [0.25, 1.0],
+    "periodic_lengthscale": [1.0, 1.0], "functions_per_shard": 24,
+}
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prior") / "shard-0.zarr"
+    ds = make_shard(PriorConfig.from_config(PRIOR), seed=1, split="test", shard=0, config_json=prior_config_json(PRIOR, 1))
+    write_zarr(ds, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kernel,published", [("se", 0.70), ("matern52", 0.31), ("weakly_periodic", -0.32)])
+def test_gp_optimum_matches_the_published_numbers(kernel, published):
+    tasks = make_gp_tasks(BENCH_KERNELS[kernel], 600, np.random.default_rng(0))
+    assert tasks.ctx_mask.sum(1).min() == 1 and tasks.ctx_mask.sum(1).max() == 9 and tasks.tgt_mask.all()
+    assert tasks.x_tgt.shape == (600, 50, 1) and np.abs(tasks.x_ctx).max() <= 2
+    ll = gp_optimum_loglik(tasks)
+    assert abs(ll.mean() - published) < 4 * ll.std() / np.sqrt(len(ll)) + 0.03
+
+
+def test_weakly_periodic_kernel_is_the_benchmark_product():
+    x = np.array([[0.0], [0.1], [0.37]])
+    r = np.abs(x - x.T)
+    want = np.exp(-0.5 * r**2 / 0.5**2) * np.exp(-2 * np.sin(np.pi * r / 0.25) ** 2)
+    np.testing.assert_allclose(BENCH_KERNELS["weakly_periodic"](x, x), want)
+
+
+def test_gaussian_fit_of_exact_posterior_samples_recovers_the_optimum():
+    rng = np.random.default_rng(1)
+    tasks = make_gp_tasks(BENCH_KERNELS["se"], 3, rng)
+    for i in range(3):
+        xc, yc, xt, yt = tasks.task(i)
+        post = posterior(tasks.kernels[i], xc, yc, xt, 0.05)
+        fit = gaussian_fit_loglik(post.sample(rng, 20000), yt)
+        assert fit == pytest.approx(post.log_prob(yt) / len(yt), abs=0.03)
+
+
+def test_bayes_mixture_with_a_point_mass_prior_is_the_gp_posterior():
+    point = dict(PRIOR, kernels=["se"], lengthscale=[0.25, 0.25], period=[0.5, 0.5])
+    grid = hyper_grid(PriorConfig.from_config(point), {"lengthscale": 8, "period": 8, "periodic_lengthscale": 1, "variance": 1, "noise_std": 1})
+    assert len(grid.kernels) == 1 and grid.log_weight[0] == pytest.approx(0.0)
+    tasks = make_gp_tasks(Kernel("se", lengthscale=0.25), 20, np.random.default_rng(2))
+    np.testing.assert_allclose(bayes_mixture_loglik(tasks, grid), gp_optimum_loglik(tasks), atol=1e-8)
+
+
+def test_bayes_mixture_sits_between_misspecified_and_true_kernel(shard):
+    prior = prior_config_of(shard)
+    grid = hyper_grid(prior, {"lengthscale": 12, "period": 48, "periodic_lengthscale": 1, "variance": 1, "noise_std": 1})
+    assert np.exp(grid.log_weight).sum() == pytest.approx(1.0)
+    assert {k.name for k in grid.kernels} == {"se", "weakly_periodic"} and len(grid.kernels) == 12 + 12 * 48
+    tasks = prior_tasks([shard], 24, np.random.default_rng(3), n_tgt=15)
+    assert tasks.tgt_mask.sum(1).min() >= 10
+    bayes, oracle = bayes_mixture_loglik(tasks, grid), gp_optimum_loglik(tasks)
+    wrong = gp_optimum_loglik(tasks.__class__(**{**tasks.__dict__, "kernels": (Kernel("se", lengthscale=2.0),) * len(tasks)}))
+    assert wrong.mean() < bayes.mean() <= oracle.mean() + 0.02
+
+
+def test_run_gp_oracle_writes_the_contract_table(shard):
+    torch.manual_seed(0)
+    model = TrainedNDP(NDP(NDPConfig(dim=16, depth=1, heads=2)).eval(), YNormalisation(0.0, 1.0))
+    cfg = OracleConfig(n_tasks=3, n_samples=8, n_oracle_tasks=5, n_mixture_tasks=3, n_tgt=10,
+                       bayes_grid={"lengthscale": 4, "period": 8})
+    table = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [shard], seed=0, progress=False)
+    assert list(table.columns) == ["kernel", "method", "loglik", "stderr", "n_tasks"]
+    got = set(zip(table.kernel, table.method))
+    want = {(k, m) for k in ("se", "matern52", "weakly_periodic", "mixture") for m in ("ndp", "gp_optimum")}
+    assert got == want | {("mixture", "bayes_mixture")}
+    assert np.isfinite(table.loglik).all()
+    assert table.set_index(["kernel", "method"]).loc[("se", "gp_optimum"), "n_tasks"] == 5
+    # The untrained network outputs u = 0, so its samples are N(0, ~1) noise: far below the optimum.
+    assert (table[table.method == "ndp"].loglik.values < table[table.method == "gp_optimum"].loglik.values).all()

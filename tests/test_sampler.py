@@ -1,0 +1,133 @@
+"""ODE sampling and ΠGDM-style guidance against analytic velocity fields."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
+from llmflow.sampler import sample
+
+
+class GaussianField:
+    """Exact velocity for independent data y1_i ~ N(mu_i, var_i) (model units), any number of points.
+
+    mu/var are functions of x so that context and target points can differ.
+    """
+
+    def __init__(self, mu=lambda x: 0.0 * x, var=lambda x: 1.0 + 0.0 * x):
+        self.mu, self.var = mu, var
+
+    def __call__(self, x, y, t, mask=None):
+        t = t[:, None]
+        mu, var = self.mu(x[..., 0]), self.var(x[..., 0])
+        v_t = t**2 * var + (1 - t) ** 2
+        yhat = mu + t * var / v_t * (y - t * mu)
+        return (yhat - y) / (1 - t)
+
+
+class CorrelatedGaussianField:
+    """Exact velocity for y1 ~ N(0, K) on a fixed set of points: yhat = t K (t² K + σ² I)⁻¹ y_t."""
+
+    def __init__(self, k: torch.Tensor):
+        self.k = k
+
+    def __call__(self, x, y, t, mask=None):
+        t0 = t[0]
+        a = t0 * self.k @ torch.linalg.inv(t0**2 * self.k + (1 - t0) ** 2 * torch.eye(len(self.k)))
+        yhat = y @ a.T
+        return (yhat - y) / (1 - t0)
+
+
+def _model(field, loc=0.0, scale=1.0):
+    return TrainedNDP(field, YNormalisation(loc, scale))
+
+
+@pytest.mark.parametrize("solver,steps", [("euler", 200), ("heun", 40)])
+def test_unconditional_samples_have_the_right_moments(solver, steps):
+    field = GaussianField(mu=lambda x: x, var=lambda x: 0.25 + x**2)
+    x = torch.tensor([[[-1.0], [0.0], [0.5], [1.5]]])
+    loc, scale = 3.0, 2.0
+    s = sample(_model(field, loc, scale), None, None, x, 20000, solver=solver, steps=steps,
+               generator=torch.Generator().manual_seed(1))
+    xs = x[0, :, 0].numpy()
+    assert s.y_tgt.shape == (1, 20000, 4) and s.y_ctx.shape == (1, 20000, 0)
+    np.testing.assert_allclose(s.y_tgt[0].mean(0), loc + scale * xs, atol=0.05)
+    np.testing.assert_allclose(s.y_tgt[0].var(0), scale**2 * (0.25 + xs**2), rtol=0.05)
+
+
+@pytest.mark.parametrize("jacobian", ["exact", "free"])
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_context_guidance_is_exact_for_unit_gaussian_data(jacobian, solver):
+    # y1 ~ N(0, I): the Gaussian approximation is exact, so the context rows must follow the
+    # posterior N(z / (1 + s²), s² / (1 + s²)) and the (independent) targets stay N(0, 1).
+    noise = 0.5
+    x_ctx = torch.tensor([[[0.0], [1.0]], [[2.0], [3.0]]])
+    y_ctx = torch.tensor([[1.5, -1.0], [0.5, 2.0]])
+    x_tgt = torch.tensor([[[5.0]], [[6.0]]])
+    s = sample(_model(GaussianField()), x_ctx, y_ctx, x_tgt, 20000, solver=solver, steps=100,
+               noise_std=noise, jacobian=jacobian, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_allclose(s.y_ctx.mean(1), y_ctx.numpy() / (1 + noise**2), atol=0.03)
+    np.testing.assert_allclose(s.y_ctx.var(1), np.full((2, 2), noise**2 / (1 + noise**2)), rtol=0.06)
+    np.testing.assert_allclose(s.y_tgt.mean(1), 0.0, atol=0.03)
+    np.testing.assert_allclose(s.y_tgt.var(1), 1.0, rtol=0.05)
+
+
+@pytest.mark.parametrize("jacobian", ["exact", "free"])
+def test_extra_score_samples_the_product_of_experts(jacobian):
+    # Expert q = N(a_task, b²) at every target: q convolved with N(0, r_t²) is N(a, b² + r_t²),
+    # whose log-gradient is (a − ŷ)/(b² + r_t²); p1 · q ∝ N(a / (1 + b²), b² / (1 + b²)).
+    from llmflow.flow import posterior_var
+
+    a, b2 = torch.tensor([2.0, -1.0]), 0.5
+    calls = []
+
+    def expert(t, yhat, task):
+        calls.append(task)
+        return (a[task][:, None] - yhat) / (b2 + posterior_var(t))
+
+    x_tgt = torch.zeros(2, 3, 1)
+    s = sample(_model(GaussianField()), None, None, x_tgt, 10000, solver="heun", steps=60,
+               jacobian=jacobian, extra_score=expert, expert_weight=1.0, batch_size=7000,
+               generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(s.y_tgt.mean(1), np.repeat(a.numpy()[:, None] / (1 + b2), 3, 1), atol=0.03)
+    np.testing.assert_allclose(s.y_tgt.var(1), b2 / (1 + b2), rtol=0.06)
+    assert set(torch.cat(calls).tolist()) == {0, 1}
+
+
+def test_results_do_not_depend_on_batch_size():
+    torch.manual_seed(0)
+    x_tgt, y_ctx = torch.randn(3, 4, 1), torch.randn(3, 2)
+    kw = dict(steps=5, jacobian="exact", noise_std=0.1)
+    full = sample(_model(GaussianField()), x_tgt[:, :2], y_ctx, x_tgt, 5, batch_size=4096,
+                  generator=torch.Generator().manual_seed(0), **kw)
+    chunked = sample(_model(GaussianField()), x_tgt[:, :2], y_ctx, x_tgt, 5, batch_size=4,
+                     generator=torch.Generator().manual_seed(0), **kw)
+    np.testing.assert_allclose(chunked.y_tgt, full.y_tgt, atol=1e-6)
+    np.testing.assert_allclose(chunked.y_ctx, full.y_ctx, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_zero_noise_conditioning_passes_through_the_context(solver):
+    torch.manual_seed(0)
+    net = NDP(NDPConfig(dim=32, depth=2, heads=4))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0.0, 0.2)
+    model = TrainedNDP(net.eval(), YNormalisation(0.5, 2.0))
+    x_ctx, y_ctx = torch.rand(2, 3, 1), torch.randn(2, 3)
+    ctx_mask = torch.tensor([[True, True, True], [True, False, False]])
+    s = sample(model, x_ctx, y_ctx, torch.rand(2, 4, 1), 16, ctx_mask=ctx_mask, solver=solver, steps=20,
+               noise_std=0.0, jacobian="free", generator=torch.Generator().manual_seed(4))
+    want = np.broadcast_to(y_ctx.numpy()[:, None, :], s.y_ctx.shape)
+    np.testing.assert_allclose(s.y_ctx[ctx_mask.numpy()[:, None, :].repeat(16, 1)], want[ctx_mask.numpy()[:, None, :].repeat(16, 1)], atol=1e-4)
+
+
+def test_zero_noise_exact_jacobian_interpolates_a_correlated_gaussian():
+    xs = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    k = torch.exp(-0.5 * (xs[:, None] - xs[None]) ** 2 / 0.5**2) + 1e-4 * torch.eye(6, dtype=torch.float64)
+    field = CorrelatedGaussianField(k.float())
+    z = torch.tensor([[0.8, -0.4]])
+    s = sample(_model(field), torch.zeros(1, 2, 1), z, torch.zeros(1, 4, 1), 2000, solver="euler", steps=200,
+               noise_std=0.0, jacobian="exact", generator=torch.Generator().manual_seed(5))
+    np.testing.assert_allclose(s.y_ctx[0], np.broadcast_to(z.numpy(), (2000, 2)), atol=0.02)
