@@ -28,6 +28,7 @@ import numpy as np
 import scoringrules as sr
 from scipy import stats
 
+from llmflow.gp import LOG_2PI
 from llmflow.tasks import Task
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -79,11 +80,13 @@ def kde_log_density(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.logaddexp.reduce(-0.5 * z**2, axis=0) - np.log(s * h * np.sqrt(2 * np.pi))
 
 
-def gaussian_fit_loglik(samples: np.ndarray, y: np.ndarray) -> float:
-    """Joint log-likelihood per target of y (m,) under N(mean, cov + 1e-6 I) of samples (S, m)."""
+def gaussian_fit_loglik(samples: np.ndarray, y: np.ndarray, jitter: float = 1e-6) -> float:
+    """Joint log-likelihood per target of y (m,) under N(mean, cov + jitter I) of samples (S, m)."""
     mean = samples.mean(axis=0)
-    cov = np.atleast_2d(np.cov(samples, rowvar=False)) + 1e-6 * np.eye(len(y))
-    return float(stats.multivariate_normal(mean, cov, allow_singular=True).logpdf(y)) / len(y)
+    cov = np.atleast_2d(np.cov(samples, rowvar=False)) + jitter * np.eye(samples.shape[1])
+    chol = np.linalg.cholesky(cov)
+    diff = np.linalg.solve(chol, y - mean)
+    return float(-0.5 * diff @ diff - np.log(np.diag(chol)).sum() - 0.5 * len(y) * LOG_2PI) / len(y)
 
 
 def roughness(samples: np.ndarray, x: np.ndarray) -> float:

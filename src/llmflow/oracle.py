@@ -38,15 +38,13 @@ from scipy.special import logsumexp
 from llmflow.gp import LOG_2PI, posterior, stable_cholesky
 from llmflow.io import write_file
 from llmflow.kernels import Kernel
+from llmflow.metrics import gaussian_fit_loglik
 from llmflow.ndp import TrainedNDP
 from llmflow.prior import PriorConfig
 from llmflow.sampler import SamplerConfig, sample
+from llmflow.tasks import GP_PROTOCOL
 
-BENCH_KERNELS: dict[str, Kernel] = {
-    "se": Kernel("se", lengthscale=0.25, variance=1.0),
-    "matern52": Kernel("matern52", lengthscale=0.25, variance=1.0),
-    "weakly_periodic": Kernel("weakly_periodic", lengthscale=0.5, variance=1.0, period=0.25, periodic_lengthscale=1.0),
-}
+BENCH_KERNELS: dict[str, Kernel] = GP_PROTOCOL
 
 # Which hyper-parameters each kernel uses (the others do not change its covariance).
 _USES = {
@@ -133,15 +131,6 @@ def prior_tasks(
         for k, ls, v, p, pl in zip(*(ds[n].values for n in ("kernel", "lengthscale", "variance", "period", "periodic_lengthscale")))
     )
     return GPTasks(*_split(x, y, counts, n_valid, n_tgt), kernels=kernels, noise_std=ds["noise_std"].values.astype(float))
-
-
-def gaussian_fit_loglik(samples: np.ndarray, y: np.ndarray, jitter: float = 1e-6) -> float:
-    """Per-target log N(y; mean, cov + jitter I) / m of a Gaussian fitted to samples (S, m)."""
-    mean = samples.mean(0)
-    cov = np.atleast_2d(np.cov(samples, rowvar=False)) + jitter * np.eye(samples.shape[1])
-    chol = np.linalg.cholesky(cov)
-    diff = np.linalg.solve(chol, y - mean)
-    return float(-0.5 * diff @ diff - np.log(np.diag(chol)).sum() - 0.5 * len(y) * LOG_2PI) / len(y)
 
 
 def ndp_loglik(tasks: GPTasks, y_samples: np.ndarray, jitter: float = 1e-6) -> np.ndarray:
