@@ -24,7 +24,11 @@ except (ConfigError, TaskInputError) as err:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prior.smk"
 include: "workflow/rules/tasks.smk"
+include: "workflow/rules/llm.smk"
+include: "workflow/rules/expert.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/bench.smk"
 
 
@@ -37,3 +41,5 @@ rule all:
         TASK_STORES,
         "results/ndp/model.pt",
         "results/bench/gp_oracle.csv",
+        "results/metrics/summary.csv",
+        "results/figures/fig1.png",

@@ -53,3 +53,30 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = snakemake(workdir, "-j2", "--configfile", "tests/config.yaml")
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
+
+
+# --- LLM expert fixtures (issue 4/7; owner: expert) -----------------------------------------
+# Embedded models are materialised once per session into a temporary folder, or into
+# $LLMFLOW_TEST_MODELS when set (kept between sessions; materialise() is idempotent).
+
+
+def _models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("LLMFLOW_TEST_MODELS")
+    return Path(env) if env else tmp_path_factory.getbasetemp() / "models"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llmflow.llm import materialise
+
+    return materialise("smollm2-135m", _models_dir(tmp_path_factory) / "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llmflow.llm import materialise
+
+    return materialise("gemma3-270m", _models_dir(tmp_path_factory) / "gemma3-270m")
+
+
+# --- end LLM expert fixtures ------------------------------------------------------------------

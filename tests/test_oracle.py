@@ -9,7 +9,7 @@ from llmflow.io import write_zarr
 from llmflow.kernels import Kernel
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 from llmflow.oracle import (
-    BENCH_KERNELS, OracleConfig, bayes_mixture_loglik, gaussian_fit_loglik, gp_optimum_loglik, hyper_grid,
+    BENCH_KERNELS, OracleConfig, format_table, bayes_mixture_loglik, gaussian_fit_loglik, gp_optimum_loglik, hyper_grid,
     make_gp_tasks, prior_config_of, prior_tasks, run_gp_oracle,
 )
 from llmflow.prior import PriorConfig, make_shard, prior_config_json
@@ -84,9 +84,12 @@ def test_run_gp_oracle_writes_the_contract_table(shard):
     table = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [shard], seed=0, progress=False)
     assert list(table.columns) == ["kernel", "method", "loglik", "stderr", "n_tasks"]
     got = set(zip(table.kernel, table.method))
-    want = {(k, m) for k in ("se", "matern52", "weakly_periodic", "mixture") for m in ("ndp", "gp_optimum")}
+    want = {(k, m) for k in ("se", "matern52", "weakly_periodic", "mixture") for m in ("ndp", "gp_optimum", "gp_samples")}
     assert got == want | {("mixture", "bayes_mixture")}
     assert np.isfinite(table.loglik).all()
     assert table.set_index(["kernel", "method"]).loc[("se", "gp_optimum"), "n_tasks"] == 5
     # The untrained network outputs u = 0, so its samples are N(0, ~1) noise: far below the optimum.
     assert (table[table.method == "ndp"].loglik.values < table[table.method == "gp_optimum"].loglik.values).all()
+    text = format_table(table)
+    assert text.splitlines()[0].split() == ["kernel", "ndp", "gp_samples", "gp_optimum", "gap", "bayes_mixture"]
+    assert len(text.splitlines()) == 5

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import xarray as xr
 import yaml
 
@@ -37,6 +39,45 @@ def test_tiny_run_writes_valid_prior_shards(tiny_run: Path):
             assert ds.sizes["function"] == config["prior"]["functions_per_shard"]
             assert ds["y"].notnull().all()
     assert "wrote results/prior/train/shard-0.zarr" in (tiny_run / "logs/prior/train/shard-0.log").read_text()
+
+
+TINY_TASKS = ("gp-se-000", "synth-sine", "text-zero_after_30", "real-nile", "user-temperature")
+
+
+def test_tiny_run_scores_every_method_on_every_task(tiny_run: Path):
+    summary = pd.read_csv(tiny_run / "results/metrics/summary.csv")
+    assert list(summary.columns) == ["task", "family", "method", "metric", "value"]
+    for task in TINY_TASKS:
+        methods = set(summary.loc[summary.task == task, "method"])
+        assert {"ndp", "i-llmp", "a-llmp", "llm-ndp"} <= methods, (task, methods)
+    gp = summary[summary.task == "gp-se-000"]
+    assert {"gp_oracle"} <= set(gp.method) and "joint_loglik" in set(gp.metric)
+    text = summary[(summary.task == "text-zero_after_30") & (summary.metric == "constraint")]
+    assert set(text.method) >= {"ndp", "llm-ndp"} and text.value.between(0, 1).all()
+    assert "| family | metric |" in (tiny_run / "results/metrics/summary.md").read_text()
+
+
+def test_tiny_run_samples_and_predictions(tiny_run: Path):
+    task = xr.open_zarr(tiny_run / "results/tasks/synth-sine.zarr")
+    for method in ("ndp", "llm-ndp", "a-llmp"):
+        ds = xr.open_zarr(tiny_run / f"results/samples/synth-sine/{method}.zarr")
+        assert ds["y"].dims == ("sample", "target") and ds.sizes["target"] == task.sizes["target"]
+    expert = xr.open_zarr(tiny_run / "results/expert/smollm2-135m/synth-sine.zarr")
+    mass = np.exp(expert["logp"]).sum("bin") + expert["lost_mass"]
+    np.testing.assert_allclose(mass.values, 1.0, atol=1e-9)
+    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp"):
+        pred = pd.read_csv(tiny_run / f"results/predictions/synth-sine/{method}.csv")
+        assert list(pred.columns) == ["x", "mean", "median", "q05", "q25", "q75", "q95"]
+        assert len(pred) == task.sizes["target"]
+        q = pred[["q05", "q25", "median", "q75", "q95"]].to_numpy()
+        assert (np.diff(q, axis=1) >= -1e-9).all()
+
+
+def test_tiny_run_draws_every_figure(tiny_run: Path):
+    for name in ("fig1", "fig2", "calibration", "user-temperature"):
+        for suffix, magic in ((".png", b"\x89PNG"), (".pdf", b"%PDF")):
+            path = tiny_run / f"results/figures/{name}{suffix}"
+            assert path.read_bytes().startswith(magic), path
 
 
 def _break_config(workdir: Path, edit) -> None:

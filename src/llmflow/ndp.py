@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmflow.flow import VelocityNet
+
 
 @dataclass(frozen=True)
 class NDPConfig:
@@ -193,7 +195,7 @@ class TrainedNDP:
     works (tests use analytic velocity fields).
     """
 
-    net: nn.Module | object
+    net: VelocityNet
     norm: YNormalisation
 
     @property

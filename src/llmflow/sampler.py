@@ -93,8 +93,10 @@ def sample(
     x_ctx (T, n, D), y_ctx (T, n) context in data units (None or n = 0: unconditional);
     x_tgt (T, m, D). ctx_mask (T, n) / tgt_mask (T, m) bool mark valid points when tasks of
     different sizes are padded to one array (None = all valid). noise_std: the context
-    observation noise std in data units, one for all tasks or one per task (T,). generator: a CPU ``torch.Generator`` for the start noise
-    (results do not depend on ``batch_size``, the number of task×sample rows integrated at once).
+    observation noise std in data units, one for all tasks or one per task (T,). generator: a
+    CPU ``torch.Generator`` for the start noise (results do not depend on ``batch_size``, the
+    number of task×sample rows integrated at once). Cost: ``steps`` (Euler) or ``2·steps − 1``
+    (Heun) network evaluations per row, each with a backward pass when ``jacobian="exact"``.
     """
     if solver not in SOLVERS or jacobian not in JACOBIANS:
         raise ValueError(f"solver must be in {SOLVERS} and jacobian in {JACOBIANS}")
@@ -102,7 +104,7 @@ def sample(
         raise ValueError(f"t0 must lie in (0, 1), got {t0}")
     dev = model.device
     x_tgt = _as_tensor(x_tgt, dev)
-    n_tasks, m, dim = x_tgt.shape
+    n_tasks, m = x_tgt.shape[:2]
     if x_ctx is None:
         x_ctx, y_ctx = x_tgt[:, :0], x_tgt[:, :0, 0]
     x_ctx, y_ctx = _as_tensor(x_ctx, dev), _as_tensor(y_ctx, dev)

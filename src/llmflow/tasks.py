@@ -349,3 +349,8 @@ def check_user_tasks(config: dict[str, Any], base_dir: Path = Path(".")) -> None
     """Read every user CSV once at start, so a bad file stops the run before any job."""
     for spec in config["tasks"]["user"]:
         user_task(f"user-{spec['name']}", spec, base_dir)
+
+
+def task_seed(seed: int, name: str) -> int:
+    """An integer seed owned by one task, for torch generators."""
+    return int(task_rng(seed, name).integers(2**31 - 1))

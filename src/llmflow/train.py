@@ -46,8 +46,8 @@ from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 class TrainConfig:
     """Optimisation settings (``config["train"]``). Steps count optimiser updates."""
 
-    steps: int = 4000
-    batch_size: int = 64
+    steps: int = 6000
+    batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
@@ -59,7 +59,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25
-    val_every: int = 250
+    val_every: int = 500
     val_functions: int = 256
     compile: bool = False
     seed: int = 0
@@ -296,13 +296,13 @@ def train(
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1.0 - decay)
 
-        window_loss += loss.item()
+        window_loss = window_loss + loss.detach().float()  # no host sync per step on CUDA
         window_n += 1
         bar.update(1)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
-            rows.append({"step": done, "loss": window_loss / window_n, "lr": learning_rate(step, cfg),
+            rows.append({"step": done, "loss": float(window_loss) / window_n, "lr": learning_rate(step, cfg),
                          "steps_per_s": window_n / (now - window_t), "wall_s": now - t_start,
                          "val_loss": val_loss(ema) if val_loss and (done % cfg.val_every == 0 or done == cfg.steps) else float("nan")})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", steps_s=f"{rows[-1]['steps_per_s']:.1f}")
@@ -310,7 +310,7 @@ def train(
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             atomic_torch_save(
                 {"step": done, "fingerprint": fingerprint, "model": net.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": opt.state_dict(), "generator": gen.get_state(), "loader": order.state(), "curve": rows, "window": (window_loss, window_n)},
+                 "optimizer": opt.state_dict(), "generator": gen.get_state(), "loader": order.state(), "curve": rows, "window": (float(window_loss), window_n)},
                 folder / f"step-{done:08d}.pt",
             )
             for stale in _checkpoints(folder)[: -cfg.keep_checkpoints]:

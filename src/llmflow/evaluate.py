@@ -1,0 +1,75 @@
+"""The evaluate stage: metrics per task × method, the summary tables, and the predictions export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from llmflow.gp import posterior
+from llmflow.kernels import Kernel
+from llmflow.metrics import QUANTILES, Bins, bins_metrics, gaussian_metrics, prediction_table, sample_metrics
+from llmflow.tasks import Task
+
+SAMPLE_METHODS: tuple[str, ...] = ("ndp", "a-llmp", "llm-ndp")
+METHODS: tuple[str, ...] = ("ndp", "i-llmp", "a-llmp", "llm-ndp")
+
+
+def bins_from_dataset(ds: xr.Dataset) -> Bins:
+    """The expert stage's store (``lower``, ``upper``, ``logp`` over (target, bin)) as Bins."""
+    lower, upper, logp = ds["lower"].values, ds["upper"].values, ds["logp"].values
+    valid = np.isfinite(lower) & np.isfinite(upper) & np.isfinite(logp)
+    prob = np.where(valid, np.exp(np.where(valid, logp, 0.0)), 0.0)
+    return Bins(np.where(valid, lower, 0.0), np.where(valid, upper, 1.0), prob)
+
+
+def gp_oracle(task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """Exact GP posterior (mean (m,), cov (m, m)) with the task's true hyper-parameters."""
+    a = task.attrs
+    kernel = Kernel(a["kernel"], float(a["lengthscale"]), float(a["variance"]), float(a["period"]), float(a["periodic_lengthscale"]))
+    post = posterior(kernel, task.x_context, task.y_context, task.x_target, float(a["noise_std"]))
+    return post.mean, post.cov
+
+
+def task_rows(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> list[dict]:
+    """Long-format metric rows (task, family, method, metric, value) of one task."""
+    scores = {method: sample_metrics(task, s) for method, s in samples.items()}
+    scores["i-llmp"] = bins_metrics(task, bins)
+    if task.family == "gp":
+        scores["gp_oracle"] = gaussian_metrics(task, *gp_oracle(task))
+    return [
+        {"task": task.name, "family": task.family, "method": method, "metric": metric, "value": value}
+        for method, metrics in scores.items()
+        for metric, value in sorted(metrics.items())
+    ]
+
+
+def predictions(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> dict[str, pd.DataFrame]:
+    """Per method: x, mean, median, q05, q25, q75, q95 at the targets (data units)."""
+    out = {}
+    for method, s in samples.items():
+        quant = np.quantile(s, QUANTILES, axis=0).T
+        out[method] = pd.DataFrame(prediction_table(task.x_target, quant, s.mean(axis=0)))
+    mids = 0.5 * (bins.lower + bins.upper)
+    out["i-llmp"] = pd.DataFrame(prediction_table(task.x_target, bins.quantiles(np.asarray(QUANTILES)), (bins.prob * mids).sum(axis=1)))
+    return out
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """Mean of each metric per family and method, as a markdown table (methods as columns)."""
+    table = summary.pivot_table(index=["family", "metric"], columns="method", values="value", aggfunc="mean")
+    table = table[[m for m in (*METHODS, "gp_oracle") if m in table.columns]]
+    header = "| family | metric | " + " | ".join(table.columns) + " |"
+    lines = [header, "|" + "---|" * (len(table.columns) + 2)]
+    for (family, metric), row in table.iterrows():
+        cells = " | ".join("" if pd.isna(v) else f"{v:.3f}" for v in row.values)
+        lines.append(f"| {family} | {metric} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_predictions(preds: dict[str, pd.DataFrame], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for method, frame in preds.items():
+        frame.to_csv(folder / f"{method}.csv", index=False, float_format="%.6g")

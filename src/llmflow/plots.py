@@ -1,0 +1,129 @@
+"""The paper's figures and the calibration plot (matplotlib, PNG + PDF, deterministic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from llmflow.io import write_file  # noqa: E402
+from llmflow.metrics import Bins  # noqa: E402
+from llmflow.tasks import Task  # noqa: E402
+
+COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue"}
+LEVELS = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
+# Fixed metadata keeps PNG/PDF bytes identical across runs.
+PNG_META = {"Software": None}
+PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
+
+
+def save(fig: plt.Figure, png: str | Path) -> None:
+    """Write ``png`` and the PDF next to it."""
+    png = Path(png)
+    write_file(png, lambda p: fig.savefig(p, format="png", dpi=120, metadata=PNG_META))
+    write_file(png.with_suffix(".pdf"), lambda p: fig.savefig(p, format="pdf", metadata=PDF_META))
+    plt.close(fig)
+
+
+def _context(ax: plt.Axes, task: Task) -> None:
+    ax.plot(task.x_context[:, 0], task.y_context, "k*", ms=9, zorder=5, label="context")
+
+
+def _band(ax: plt.Axes, x: np.ndarray, quant: np.ndarray, color: str, label: str) -> None:
+    order = np.argsort(x)
+    ax.fill_between(x[order], quant[order, 0], quant[order, 4], color=color, alpha=0.2, lw=0)
+    ax.fill_between(x[order], quant[order, 1], quant[order, 3], color=color, alpha=0.35, lw=0)
+    ax.plot(x[order], quant[order, 2], color=color, lw=1.5, label=label)
+
+
+def _trajectories(ax: plt.Axes, x: np.ndarray, samples: np.ndarray, color: str, n: int = 12) -> None:
+    order = np.argsort(x)
+    for s in samples[:n]:
+        ax.plot(x[order], s[order], color=color, lw=0.8, alpha=0.7)
+
+
+def figure1(task: Task, samples: dict[str, np.ndarray], bins: Bins, x_prior: np.ndarray, prior_samples: np.ndarray, path: str | Path) -> None:
+    """Quantile bands of I-LLMP, A-LLMP, LLM-NDP; their samples; unconditional NDP samples."""
+    x = task.x_target[:, 0]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=False)
+    bands = {"i-llmp": bins.quantiles(LEVELS)} | {
+        m: np.quantile(samples[m], LEVELS, axis=0).T for m in ("a-llmp", "llm-ndp")
+    }
+    for ax, (method, quant) in zip(axes[0], bands.items()):
+        _band(ax, x, quant, COLORS[method], method)
+        _context(ax, task)
+        ax.set_title(f"{method}: quantiles 5/25/50/75/95")
+    for ax, method in zip(axes[1][:2], ("a-llmp", "llm-ndp")):
+        _trajectories(ax, x, samples[method], COLORS[method])
+        _context(ax, task)
+        ax.set_title(f"{method}: samples")
+    _trajectories(axes[1][2], x_prior[:, 0], prior_samples, COLORS["ndp"])
+    axes[1][2].set_title("NDP: unconditional samples")
+    ylim = axes[0][2].get_ylim()
+    for ax in axes.flat[:5]:
+        ax.set_ylim(ylim)
+    fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def figure2(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | Path) -> None:
+    """Two-point text conditioning: NDP, A-LLMP, LLM-NDP trajectories; I-LLMP log-density."""
+    x = task.x_target[:, 0]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
+    for ax, method in zip(axes[:3], ("ndp", "a-llmp", "llm-ndp")):
+        _trajectories(ax, x, samples[method], COLORS[method], n=20)
+        _context(ax, task)
+        ax.set_title(method)
+    lo, hi = axes[0].get_ylim()
+    grid = np.linspace(lo, hi, 200)
+    dens = np.stack([Bins(bins.lower[i : i + 1], bins.upper[i : i + 1], bins.prob[i : i + 1]).log_density(np.full(1, g))
+                     for g in grid for i in range(len(x))]).reshape(len(grid), len(x))
+    order = np.argsort(x)
+    mesh = axes[3].pcolormesh(x[order], grid, np.maximum(dens[:, order], -10), shading="nearest", cmap="viridis")
+    _context(axes[3], task)
+    axes[3].set_title("I-LLMP log density")
+    fig.colorbar(mesh, ax=axes[3])
+    fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def calibration(summary: pd.DataFrame, path: str | Path) -> None:
+    """Empirical coverage of the central 50% and 90% intervals against nominal, per method."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    for method, color in COLORS.items():
+        rows = summary[summary["method"] == method]
+        cov = [rows.loc[rows["metric"] == f"coverage{p}", "value"].mean() for p in (50, 90)]
+        if not np.all(np.isnan(cov)):
+            ax.plot([0.5, 0.9], cov, "o-", color=color, label=method)
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("empirical coverage (mean over tasks)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    save(fig, path)
+
+
+def task_figure(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | Path) -> None:
+    """One panel per method with quantile bands, context and (where known) the truth."""
+    x = task.x_target[:, 0]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
+    quant = {"i-llmp": bins.quantiles(LEVELS)} | {m: np.quantile(s, LEVELS, axis=0).T for m, s in samples.items()}
+    for ax, method in zip(axes, ("ndp", "i-llmp", "a-llmp", "llm-ndp")):
+        _band(ax, x, quant[method], COLORS[method], method)
+        _context(ax, task)
+        if np.isfinite(task.y_target).any():
+            ax.plot(x, task.y_target, "r.", ms=5, label="truth")
+        ax.set_title(method)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
+    fig.tight_layout()
+    save(fig, path)

@@ -1,0 +1,268 @@
+"""I-LLMP expert: prompts, number formats, the digit trie against brute force, task datasets."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from llmflow import allmp, expert, llm
+from llmflow.io import write_zarr
+
+STYLE = expert.prompt_style("default")
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer(smollm2_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(smol_tokenizer):
+    """A randomly initialised 2-layer Llama (float64) over SmolLM2's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512)
+    model = LlamaForCausalLM(config).to(torch.float64).eval()
+    with torch.no_grad():  # sharpen the random logits so probabilities are far from uniform
+        model.lm_head.weight.mul_(10.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def smol32(smollm2_dir: Path):
+    return llm.load_model("smollm2-135m", models_dir=smollm2_dir.parent)
+
+
+@pytest.fixture(scope="module")
+def smol64(smollm2_dir: Path):
+    return llm.load_model("smollm2-135m", models_dir=smollm2_dir.parent, dtype="float64")
+
+
+def _texts(bins: expert.Bins, lead: str = " ") -> list[str]:
+    return [lead + s + ("\n" if c else "") for s, c in zip(bins.strings, bins.complete)]
+
+
+def _brute(model, tok, prompt, texts, restricted=True, lead=" "):
+    tokens = expert.number_tokens(tok, prompt, lead)
+    return expert.score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
+                                restrict_to=tokens.vocab if restricted else None,
+                                batch_size=64)[0]
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_format_number_fixed_point_and_sign():
+    assert expert.format_number(1e-7, 2) == "0.00"
+    assert expert.format_number(123456789.0, 1) == "123456789.0"
+    assert expert.format_number(0.29, 2) == "0.29"  # not 0.28 from 28.999... in binary
+    assert expert.format_number(-0.003, 2) == "-0.00"
+    assert expert.format_number(-1.239, 2) == "-1.23"  # truncation toward zero
+    assert expert.format_number(-1.239, 2, "round") == "-1.24"
+    assert expert.format_number(-0.0, 2) == "0.00"
+    assert "e" not in expert.format_number(1e22, 2)
+
+
+def test_number_interval_partitions_line():
+    assert expert.number_interval("19.", 2) == (19.0, 20.0)
+    assert expert.number_interval("-0.00", 2) == pytest.approx((-0.01, 0.0))
+    lo, hi = expert.number_interval("12.34", 2, "round")
+    assert (lo, hi) == pytest.approx((12.335, 12.345))
+    for y in [-3.217, -0.004, 0.0, 0.009, 7.5]:  # the formatted string's bin holds the value
+        for rounding in ("truncate", "round"):
+            lo, hi = expert.number_interval(expert.format_number(y, 2, rounding), 2, rounding)
+            assert lo <= y <= hi
+
+
+def test_distance_order_puts_nearest_last():
+    x = np.array([[0.0], [5.0], [9.0], [2.0]])
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    prompt = expert.build_prompt(x, y, np.array([8.0]), "Some text.", STYLE)
+    lines = prompt.splitlines()
+    assert lines[0] == "Some text."
+    assert lines[1:] == ["0.00, 1.00", "2.00, 4.00", "5.00, 2.00", "9.00, 3.00", "8.00,"]
+    fixed = expert.build_prompt(x, y, np.array([8.0]), "", expert.prompt_style(order="fixed"))
+    assert fixed.splitlines() == ["0.00, 1.00", "5.00, 2.00", "9.00, 3.00", "2.00, 4.00", "8.00,"]
+    llmp = expert.build_prompt(x, y, np.array([8.0]), "ignored", expert.prompt_style("llmp"))
+    assert llmp.splitlines() == ["0, 1.00", "2, 4.00", "5, 2.00", "9, 3.00", "8,"]
+
+
+def test_bad_inputs_raise_one_line_errors(tiny_model, smol_tokenizer):
+    task = _task(y=np.array([1.0, np.nan, 2.0]))
+    with pytest.raises(ValueError, match="y_context has NaN/inf at index 1"):
+        expert.task_expert(tiny_model, smol_tokenizer, task, expert.ExpertConfig(), "tiny")
+    task = _task(y=np.array([0.1, 0.3, 0.5]))
+    with pytest.raises(ValueError, match="decimals=0") as err:
+        expert.task_expert(tiny_model, smol_tokenizer, task, expert.ExpertConfig(decimals=0), "tiny")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="rescale"):
+        expert.task_expert(tiny_model, smol_tokenizer, task, expert.ExpertConfig(rescale="log"), "t")
+
+
+# ----------------------------------------------------------------------------- trie
+
+
+@pytest.mark.parametrize("restricted", [True, False])
+def test_trie_equals_brute_force_tiny_model(tiny_model, smol_tokenizer, restricted: bool):
+    prompt = "x, y\n1.00, -2.5\n2.00, 3.0\n3.00,"
+    bins = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, lead=" ",
+                                      threshold=0.0, max_int_digits=1, restricted=restricted)
+    assert bins.complete.all() and len(bins.logp) == 2 * 10 * 10  # [-]d.d, all enumerated
+    assert bins.lost_pruned == 0.0
+    brute = _brute(tiny_model, smol_tokenizer, prompt, _texts(bins), restricted)
+    np.testing.assert_allclose(bins.logp, brute, atol=1e-9, rtol=0)
+    total = np.exp(bins.logp).sum() + bins.lost_mass
+    assert total == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(bins.upper - bins.lower, 0.1, atol=1e-12)
+    assert np.all(bins.lower[1:] >= bins.upper[:-1] - 1e-12)  # a partition, sorted
+
+
+def test_restricted_softmax_only_renormalises(tiny_model, smol_tokenizer):
+    prompt = "1.00, 2.5\n2.00, 3.5\n3.00,"
+    kw = dict(lead=" ", threshold=0.0, max_int_digits=1)
+    res = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, restricted=True, **kw)
+    full = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, restricted=False, **kw)
+    assert res.strings == full.strings
+    # Each factor of a restricted softmax is the full one divided by the number tokens' mass.
+    assert np.all(res.logp > full.logp) and full.lost_invalid > res.lost_invalid
+
+
+def test_pruning_keeps_mass_in_coarse_bins(tiny_model, smol_tokenizer):
+    prompt = "1.00, 2.5\n2.00, 3.0\n3.00,"
+    kw = dict(lead=" ", max_int_digits=1)
+    full = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, threshold=0.0, **kw)
+    # Prefixes before the terminator are ~10x likelier than complete bins: prune about half.
+    kw["threshold"] = float(10 * np.exp(np.median(full.logp)))
+    coarse = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, coarse=True, **kw)
+    fine = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, coarse=False, **kw)
+    assert coarse.n_positions < full.n_positions
+    for bins in (coarse, fine):
+        assert np.exp(bins.logp).sum() + bins.lost_mass == pytest.approx(1.0, abs=1e-12)
+    assert (~coarse.complete).any() and coarse.complete.any() and fine.complete.all()
+    assert coarse.lost_pruned < fine.lost_pruned
+    # A coarse bin's probability is its prefix's probability, scored by brute force too.
+    texts = [" " + s + ("\n" if c else "") for s, c in zip(coarse.strings, coarse.complete)]
+    brute = _brute(tiny_model, smol_tokenizer, prompt, texts)
+    np.testing.assert_allclose(coarse.logp, brute, atol=1e-9, rtol=0)
+    widths = coarse.upper - coarse.lower
+    assert np.allclose(widths[coarse.complete], 0.1)
+    assert np.all(widths[~coarse.complete] >= 0.1 - 1e-12)  # "2.3" without "\n", or "2."
+
+
+def test_trie_equals_brute_force_smollm2(smol64):
+    model, tok = smol64
+    prompt = "1.00, -0.40\n2.00, 0.10\n3.00,"
+    bins = expert.binned_distribution(model, tok, prompt, 2, lead=" ", threshold=2e-2,
+                                      max_int_digits=1)
+    assert bins.complete.any() and any(s.startswith("-") for s in bins.strings)
+    # Brute force on the 8 likeliest bins, 4 random others and a coarse and a negative one.
+    rng = np.random.default_rng(0)
+    order = np.argsort(-bins.logp)
+    pick = set(order[:8]) | set(rng.choice(order[8:], 4, replace=False))
+    pick |= {np.flatnonzero(~bins.complete)[0], np.flatnonzero(bins.lower < 0)[0]}
+    pick = sorted(int(i) for i in pick)
+    brute = _brute(model, tok, prompt, [_texts(bins)[i] for i in pick])
+    np.testing.assert_allclose(bins.logp[pick], brute, atol=1e-5, rtol=0)
+    assert np.exp(bins.logp).sum() + bins.lost_mass == pytest.approx(1.0, abs=1e-9)
+
+
+def test_linear_trend_puts_mode_on_trend(smol32):
+    model, tok = smol32
+    x = np.arange(1.0, 9.0)[:, None]
+    y = 3.0 * x[:, 0] + 2.0  # 5, 8, ..., 26 -> at x = 9 the trend says 29
+    prompt = expert.build_prompt(x, y, np.array([9.0]), "", STYLE)
+    bins = expert.binned_distribution(model, tok, prompt, STYLE.decimals, lead=" ",
+                                      threshold=1e-2, max_int_digits=3)
+    mode = bins.lower[np.argmax(np.exp(bins.logp) / (bins.upper - bins.lower))]
+    assert abs(mode - 29.0) <= 3.0, (mode, bins.strings[:5])
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _task(y: np.ndarray | None = None, text: str = "", y_target: float = 2.755) -> xr.Dataset:
+    y = np.array([1.25, 1.75, 2.5]) if y is None else y
+    x = np.arange(len(y), dtype=float)[:, None]
+    return xr.Dataset(
+        {"x_context": (("context", "x_dim"), x), "y_context": (("context",), y),
+         "x_target": (("target", "x_dim"), np.array([[3.0], [4.0]])),
+         "y_target": (("target",), np.array([y_target, np.nan]))},
+        attrs={"name": "toy-0", "family": "synth", "text": text})
+
+
+def test_task_dataset_rescaled_padded_and_cached(tiny_model, smol_tokenizer, tmp_path: Path):
+    # pow10 rescale: the LLM reads 12.5, 17.5, 25.0
+    task = _task(y=np.array([0.00125, 0.00175, 0.0025]), y_target=0.00251)
+    cfg = expert.ExpertConfig(rescale="pow10", decimals=1, threshold=1e-5)
+    ds = expert.task_expert(tiny_model, smol_tokenizer, task, cfg, "tiny", progress=False)
+    assert ds.attrs["scale"] == pytest.approx(1e-4) and ds.attrs["model"] == "tiny"
+    assert ds["lower"].dims == ("target", "bin") and ds.sizes["target"] == 2
+    for j in range(2):
+        ok = np.isfinite(ds["lower"].values[j])
+        assert ok.any()
+        assert np.all(np.isneginf(ds["logp"].values[j][~ok]))  # padding
+        mass = np.exp(ds["logp"].values[j][ok]).sum() + float(ds["lost_mass"][j])
+        assert mass == pytest.approx(1.0, abs=1e-9)
+        assert np.nanmax(ds["upper"].values[j]) < 0.2  # edges back in data units (LLM: < 1000)
+    assert np.isnan(ds["nll_target"][1])  # y_target unknown
+    # nll_target is -log density in data units: put y_target in the likeliest bin and check.
+    lo, hi, lp = ds["lower"].values[0], ds["upper"].values[0], ds["logp"].values[0]
+    top = int(np.argmax(lp))
+    y0 = 0.5 * (lo[top] + hi[top])
+    ds2 = expert.task_expert(tiny_model, smol_tokenizer, _task(task["y_context"].values, "", y0),
+                             cfg, "tiny", progress=False)
+    q = np.nansum(np.where((lo <= y0) & (y0 < hi), np.exp(lp) / (hi - lo), 0.0))
+    assert q > 0 and float(ds2["nll_target"][0]) == pytest.approx(-np.log(q), rel=1e-9)
+    assert "17.5\n" in ds.attrs["prompt_example"]
+
+    src = tmp_path / "tasks" / "toy-0.zarr"
+    write_zarr(task, src)
+    out = tmp_path / "expert" / "toy-0.zarr"
+    calls = []
+
+    def compute(t):
+        calls.append(t.attrs["name"])
+        return expert.task_expert(tiny_model, smol_tokenizer, t, cfg, "tiny", progress=False)
+
+    expert.run_cached([str(src)], [str(out)], {"cfg": repr(cfg)}, compute, tmp_path / "cache")
+    shutil.rmtree(out)  # Snakemake deletes a job's outputs before rerunning it
+    expert.run_cached([str(src)], [str(out)], {"cfg": repr(cfg)}, compute, tmp_path / "cache")
+    assert calls == ["toy-0"]  # the rerun reused the cached result
+    np.testing.assert_array_equal(xr.open_zarr(out)["logp"].values, ds["logp"].values)
+    expert.run_cached([str(src)], [str(out)], {"cfg": "other"}, compute, tmp_path / "cache")
+    assert calls == ["toy-0", "toy-0"]  # other settings: recomputed
+
+
+def test_allmp_samples_smollm2(smol32):
+    model, tok = smol32
+    task = _task()
+    cfg = allmp.SamplerConfig(n_samples=2, temperature=1.0, top_p=0.9, max_retries=3, seed=1)
+    ds = allmp.sample_task(model, tok, task, expert.ExpertConfig(), cfg, "smollm2", progress=False)
+    assert ds["y"].shape == (2, 2) and ds["n_invalid"].shape == (2,)
+    y = ds["y"].values
+    assert np.isfinite(y).all()
+    assert np.all((y > -100) & (y < 100))  # the grammar allows 2 integer digits for this context
+    assert np.all(np.abs(y - 2.5) < 5), y  # the context says 1.25 .. 2.5
+
+
+def test_allmp_temperature_and_top_p():
+    rng = np.random.default_rng(0)
+    logp = np.log([0.5, 0.3, 0.2])
+    assert {allmp._draw(logp, 1.0, 0.5, rng) for _ in range(200)} == {0}
+    assert {allmp._draw(logp, 1.0, 0.7, rng) for _ in range(400)} == {0, 1}
+    draws = np.array([allmp._draw(logp, 1.0, 1.0, rng) for _ in range(4000)])
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.5, 0.3, 0.2], atol=0.03)
+    cold = np.array([allmp._draw(logp, 0.25, 1.0, rng) for _ in range(4000)])
+    p = np.exp(logp / 0.25) / np.exp(logp / 0.25).sum()
+    np.testing.assert_allclose(np.bincount(cold, minlength=3) / 4000, p, atol=0.03)

@@ -1,0 +1,86 @@
+"""Model registry, materialisation, loading and device choice (no network)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmflow import expert, llm
+
+
+def test_hub_is_offline():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_model_label():
+    assert llm.model_label("smollm2-135m") == "smollm2-135m"
+    assert llm.model_label("/models/Qwen3-4B-Instruct-2507/") == "Qwen3-4B-Instruct-2507"
+    assert llm.model_label("/x/my model:v1") == "my_model_v1"
+
+
+def test_missing_model_folder_is_one_line_error(tmp_path: Path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=str(missing)) as err:
+        llm.load_model(str(missing))
+    assert "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="smollm2-135m"):
+        llm.resolve_model_path("smollm2-135m", models_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown embedded model"):
+        llm.materialise("gpt-17", tmp_path / "x")
+
+
+def test_choose_device(monkeypatch: pytest.MonkeyPatch):
+    assert llm.choose_device("cpu", shard=3).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert llm.choose_device("auto", shard=3).type == "cpu"
+    with pytest.raises(ValueError, match="cuda"):
+        llm.choose_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert llm.choose_device("auto", shard=6) == torch.device("cuda", 2)  # local: shard % GPUs
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    assert llm.choose_device("auto", shard=6) == torch.device("cuda", 0)  # SLURM assigned it
+
+
+def test_sha_mismatch_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    bad = dataclasses.replace(llm.EMBEDDED["gemma3-270m"], sha256="0" * 64)
+    monkeypatch.setitem(llm.EMBEDDED, "gemma3-270m", bad)
+    with pytest.raises(ValueError, match="SHA-256"):
+        llm.materialise("gemma3-270m", tmp_path / "gemma3-270m")
+    assert list(tmp_path.iterdir()) == []  # no model folder, no temporary left behind
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_embedded_model_loads_and_splits_digits(name: str, request: pytest.FixtureRequest):
+    folder = request.getfixturevalue("smollm2_dir" if name.startswith("smollm2") else "gemma_dir")
+    assert (folder / llm.MARKER).is_file() and (folder / "config.json").is_file()
+    assert llm.materialise(name, folder) == folder  # idempotent, nothing rebuilt
+    model, tok = llm.load_model(name, models_dir=folder.parent)
+    tokens = expert.number_tokens(tok, "x, y\n1.00, 2.50\n2.00,", lead=" ")
+    assert len(set(tokens.unit_ids)) == len(expert.UNITS)
+    ids = tok("1234567890", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 10  # one token per digit
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([tok("1, 2\n3,")["input_ids"]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_gemma_trie_equals_brute_force(gemma_dir: Path):
+    model, tok = llm.load_model("gemma3-270m", models_dir=gemma_dir.parent, dtype="float64")
+    prompt = "1.00, 3.10\n2.00, 3.30\n3.00,"
+    bins = expert.binned_distribution(model, tok, prompt, 1, lead=" ", threshold=3e-2,
+                                      max_int_digits=1)
+    tokens = expert.number_tokens(tok, prompt, " ")
+    texts = [" " + s + ("\n" if c else "") for s, c in zip(bins.strings, bins.complete)]
+    brute, _ = expert.score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
+                                    restrict_to=tokens.vocab, batch_size=16)
+    np.testing.assert_allclose(bins.logp, brute, atol=1e-5, rtol=0)
+    assert np.exp(bins.logp).sum() + bins.lost_mass == pytest.approx(1.0, abs=1e-9)

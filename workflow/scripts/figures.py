@@ -1,0 +1,35 @@
+"""Rule `figures`: the paper's Fig. 1 and Fig. 2, calibration, and user-task figures."""
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from llmflow import plots
+from llmflow.evaluate import SAMPLE_METHODS, bins_from_dataset
+from llmflow.logs import log_errors
+from llmflow.ndp import TrainedNDP
+from llmflow.predict import unconditional_samples
+from llmflow.tasks import Task
+
+with log_errors(snakemake.log[0]) as log:
+    p = snakemake.params
+
+    def load(name):
+        i = p.tasks.index(name)
+        task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
+        samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in SAMPLE_METHODS}
+        return task, samples, bins_from_dataset(xr.open_zarr(snakemake.input.experts[i]))
+
+    if p.figure_task not in p.tasks:
+        raise ValueError(f"figures.task: {p.figure_task!r} is not one of the configured tasks")
+    task, samples, bins = load(p.figure_task)
+    model = TrainedNDP.load(snakemake.input.model)
+    x_prior = np.linspace(*p.x_range, 64)[:, None]
+    prior = unconditional_samples(model, x_prior, 12, p.sampler, p.seed)
+    plots.figure1(task, samples, bins, x_prior, prior, snakemake.output.fig1)
+    plots.figure2(task, samples, bins, snakemake.output.fig2)
+    plots.calibration(pd.read_csv(snakemake.input.summary), snakemake.output.calibration)
+    for path in snakemake.output.user:
+        name = path.rsplit("/", 1)[1].removesuffix(".png")
+        plots.task_figure(*load(name), path)
+    log.info("wrote figures for %s and %d user tasks", p.figure_task, len(snakemake.output.user))
