@@ -64,6 +64,83 @@ class Samples:
     y_ctx: np.ndarray
 
 
+@dataclass(frozen=True)
+class GuidedProblem:
+    """One batch of tasks with its context and experts, all points in one set of n + m.
+
+    x (T, n+m, D), mask (T, n+m) valid points, z (T, n+m) context observations in model units
+    (0 at targets), is_ctx / is_tgt (T, n+m) float indicators, noise_var (T,) context noise
+    variance in model units, n the number of context slots.
+    """
+
+    x: Tensor
+    mask: Tensor
+    z: Tensor
+    is_ctx: Tensor
+    is_tgt: Tensor
+    noise_var: Tensor
+    n: int
+    extra_score: ExtraScore | None
+    expert_weight: float
+    jacobian: str
+
+    @classmethod
+    def build(
+        cls,
+        model: TrainedNDP,
+        x_ctx: np.ndarray | Tensor | None,
+        y_ctx: np.ndarray | Tensor | None,
+        x_tgt: np.ndarray | Tensor,
+        ctx_mask: np.ndarray | Tensor | None,
+        tgt_mask: np.ndarray | Tensor | None,
+        noise_std: float | np.ndarray,
+        extra_score: ExtraScore | None,
+        expert_weight: float,
+        jacobian: str,
+    ) -> GuidedProblem:
+        """From the arguments of :func:`sample` (data units) to the model's units."""
+        dev = model.device
+        x_tgt = _as_tensor(x_tgt, dev)
+        n_tasks, m = x_tgt.shape[:2]
+        if x_ctx is None:
+            x_ctx, y_ctx = x_tgt[:, :0], x_tgt[:, :0, 0]
+        x_ctx, y_ctx = _as_tensor(x_ctx, dev), _as_tensor(y_ctx, dev)
+        n = x_ctx.shape[1]
+        ctx_mask = torch.ones(n_tasks, n, dtype=torch.bool, device=dev) if ctx_mask is None else _as_tensor(ctx_mask, dev, torch.bool)
+        tgt_mask = torch.ones(n_tasks, m, dtype=torch.bool, device=dev) if tgt_mask is None else _as_tensor(tgt_mask, dev, torch.bool)
+        noise = _as_tensor(np.broadcast_to(np.asarray(noise_std, dtype=float), (n_tasks,)), dev)
+        return cls(
+            x=torch.cat([x_ctx, x_tgt], dim=1),
+            mask=torch.cat([ctx_mask, tgt_mask], dim=1),
+            z=torch.cat([model.norm.to_model(y_ctx) * ctx_mask, torch.zeros(n_tasks, m, device=dev)], dim=1),
+            is_ctx=torch.cat([ctx_mask, torch.zeros_like(tgt_mask)], dim=1).float(),
+            is_tgt=torch.cat([torch.zeros_like(ctx_mask), tgt_mask], dim=1).float(),
+            noise_var=(noise / model.norm.scale) ** 2,
+            n=n,
+            extra_score=extra_score,
+            expert_weight=expert_weight,
+            jacobian=jacobian,
+        )
+
+    def terms(self, model: TrainedNDP, task: Tensor, y: Tensor, t: float) -> tuple[Tensor, Tensor, Tensor]:
+        """(u, ŷ, Δs) for rows y (B, n+m) of tasks ``task`` (B,) at time t, all detached.
+
+        ``Δs = Jᵀ v`` is the guidance added to the score (context correction plus λ times the
+        expert's), so the guided velocity is ``u + ((1 − t)/t) Δs``.
+        """
+        exact = self.jacobian == "exact"
+        with torch.enable_grad() if exact else torch.no_grad():
+            y_in = y.detach().requires_grad_(exact)
+            u = model.net(self.x[task], y_in, torch.full((len(y),), t, device=y.device), self.mask[task]).float()
+            yhat = denoised(y_in, u, t)
+            v = self.is_ctx[task] * (self.z[task] - yhat.detach()) / (self.noise_var[task, None] + posterior_var(t))
+            if self.extra_score is not None:
+                g_tgt = self.extra_score(t, yhat.detach()[:, self.n:], task)
+                v = v + self.expert_weight * self.is_tgt[task] * torch.cat([torch.zeros_like(v[:, : self.n]), g_tgt], dim=1)
+            g = torch.autograd.grad(yhat, y_in, grad_outputs=v)[0] if exact else jacobian_scale(t) * v
+        return u.detach(), yhat.detach(), g.detach()
+
+
 def _as_tensor(a: np.ndarray | Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
     return (a if isinstance(a, Tensor) else torch.from_numpy(np.array(a))).to(device=device, dtype=dtype)
 
@@ -103,21 +180,9 @@ def sample(
     if not 0.0 < t0 < 1.0:
         raise ValueError(f"t0 must lie in (0, 1), got {t0}")
     dev = model.device
-    x_tgt = _as_tensor(x_tgt, dev)
-    n_tasks, m = x_tgt.shape[:2]
-    if x_ctx is None:
-        x_ctx, y_ctx = x_tgt[:, :0], x_tgt[:, :0, 0]
-    x_ctx, y_ctx = _as_tensor(x_ctx, dev), _as_tensor(y_ctx, dev)
-    n = x_ctx.shape[1]
-    ctx_mask = torch.ones(n_tasks, n, dtype=torch.bool, device=dev) if ctx_mask is None else _as_tensor(ctx_mask, dev, torch.bool)
-    tgt_mask = torch.ones(n_tasks, m, dtype=torch.bool, device=dev) if tgt_mask is None else _as_tensor(tgt_mask, dev, torch.bool)
-
-    x_all = torch.cat([x_ctx, x_tgt], dim=1)
-    mask_all = torch.cat([ctx_mask, tgt_mask], dim=1)
-    z_all = torch.cat([model.norm.to_model(y_ctx) * ctx_mask, torch.zeros(n_tasks, m, device=dev)], dim=1)
-    is_ctx = torch.cat([ctx_mask, torch.zeros_like(tgt_mask)], dim=1).float()
-    is_tgt = torch.cat([torch.zeros_like(ctx_mask), tgt_mask], dim=1).float()
-    noise_var = (_as_tensor(np.broadcast_to(np.asarray(noise_std, dtype=float), (n_tasks,)), dev) / model.norm.scale) ** 2
+    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, ctx_mask, tgt_mask, noise_std, extra_score, expert_weight, jacobian)
+    n_tasks, n, m = problem.x.shape[0], problem.n, problem.x.shape[1] - problem.n
+    x_all, mask_all = problem.x, problem.mask
     guided = n > 0 or extra_score is not None
 
     grid = np.linspace(t0, 1.0, steps + 1)
@@ -127,22 +192,11 @@ def sample(
 
     def velocity(rows: Tensor, y: Tensor, t: float) -> Tensor:
         task = rows // n_samples
-        x, mask = x_all[task], mask_all[task]
-        tt = torch.full((len(rows),), t, device=dev)
         if not guided:
             with torch.no_grad():
-                return model.net(x, y, tt, mask).float()
-        exact = jacobian == "exact"
-        with torch.enable_grad() if exact else torch.no_grad():
-            y_in = y.detach().requires_grad_(exact)
-            u = model.net(x, y_in, tt, mask).float()
-            yhat = denoised(y_in, u, t)
-            v = is_ctx[task] * (z_all[task] - yhat.detach()) / (noise_var[task, None] + posterior_var(t))
-            if extra_score is not None:
-                g_tgt = extra_score(t, yhat.detach()[:, n:], task)
-                v = v + expert_weight * is_tgt[task] * torch.cat([torch.zeros_like(v[:, :n]), g_tgt], dim=1)
-            g = torch.autograd.grad(yhat, y_in, grad_outputs=v)[0] if exact else jacobian_scale(t) * v
-        return (u + (1.0 - t) / t * g).detach()
+                return model.net(x_all[task], y, torch.full((len(rows),), t, device=dev), mask_all[task]).float()
+        u, _, g = problem.terms(model, task, y, t)
+        return u + (1.0 - t) / t * g
 
     out = torch.empty(n_tasks * n_samples, n + m)
     chunks = range(0, n_tasks * n_samples, batch_size)
