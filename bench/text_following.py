@@ -5,6 +5,8 @@ a far x, a slope), a few context points, one query x, and the interval [lo, hi] 
 puts y in. For each embedded model the I-LLMP bins are computed with the text prefix and
 without it; the score is the probability mass in [lo, hi] (bins split uniformly). Prints a
 table and ends with ``best=<model> gain=<float>`` (the model with the largest mean gain).
+The prompt is the default style with 1 decimal and integer x unless ``--expert`` overrides
+keys of the config's ``expert`` section (e.g. ``--expert layout=xy text_numbers=true``).
 
     python bench/text_following.py [--models smollm2-135m gemma3-270m] [--threshold 1e-2]
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from llmflow import expert, llm
 
@@ -52,9 +55,13 @@ def main() -> None:
     ap.add_argument("--models-dir", default=os.environ.get("LLMFLOW_MODELS", "results/models"))
     ap.add_argument("--threshold", type=float, default=1e-2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--expert", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides of the expert section (values parsed as YAML)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    style = expert.prompt_style("default", decimals=1, x_decimals=0)
+    overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.expert)}
+    cfg = expert.ExpertConfig.from_config({"decimals": 1, "x_decimals": 0, **overrides})
+    style = cfg.prompt_style()
 
     gains: dict[str, float] = {}
     print(f"{'model':<14} {'case':<52} {'no text':>8} {'text':>8} {'gain':>7}")
@@ -64,17 +71,19 @@ def main() -> None:
             models_dir = Path(tempfile.mkdtemp(prefix="llmflow-bench-"))
             llm.materialise(name, models_dir / name)
         model, tok = llm.load_model(name, models_dir=models_dir)
+        chat = expert.chat_wrapper(tok) if style.chat else None
         t0, diffs = time.perf_counter(), []
         for text, xc, yc, xq, lo, hi in CASES:
             xc, yc = np.asarray(xc, float)[:, None], np.asarray(yc, float)
             int_digits = expert.default_int_digits(yc) + 1
             masses = []
             for with_text in (False, True):
-                prompt = expert.build_prompt(xc, yc, np.array([xq], float),
-                                             text if with_text else "", style)
+                words = expert.prepare_text(text, style) if with_text else ""
+                prompt = expert.build_prompt(xc, yc, np.array([xq], float), words, style, chat)
                 bins = expert.binned_distribution(model, tok, prompt, style.decimals,
                                                   lead=style.lead, threshold=args.threshold,
-                                                  max_int_digits=int_digits)
+                                                  restricted=style.restricted,
+                                                  rounding=style.rounding, max_int_digits=int_digits)
                 masses.append(mass_in(bins, lo, hi))
             diffs.append(masses[1] - masses[0])
             print(f"{name:<14} {text[:52]:<52} {masses[0]:>8.3f} {masses[1]:>8.3f} "

@@ -266,3 +266,70 @@ def test_allmp_temperature_and_top_p():
     cold = np.array([allmp._draw(logp, 0.25, 1.0, rng) for _ in range(4000)])
     p = np.exp(logp / 0.25) / np.exp(logp / 0.25).sum()
     np.testing.assert_allclose(np.bincount(cold, minlength=3) / 4000, p, atol=0.03)
+
+
+# ----------------------------------------------------------------------------- prompt options
+
+
+def test_text_numbers_in_the_data_format():
+    style = expert.prompt_style("default", text_numbers=True, x_decimals=0)
+    assert expert.prepare_text(" If x is greater than 30, y is 0. ", style) == \
+        "If x is greater than 30, y is 0.00."
+    # y values go through the LLM's affine map, x values do not
+    assert expert.prepare_text("At x = 50, y is 4.", style, scale=0.1, shift=1.0) == \
+        "At x = 50, y is 30.00."
+    assert expert.prepare_text("y is periodic in x with period 10.5.", style) == \
+        "y is periodic in x with period 10."  # x format, rounded
+    assert expert.prepare_text("y is -3.", style) == "y is -3.00."
+    plain = expert.prompt_style("default")
+    assert expert.prepare_text(" y is 0. ", plain) == "y is 0."
+    assert expert.prepare_text("y is 0.", expert.prompt_style("llmp")) == ""
+
+
+def test_xy_layout_preamble_and_rule_before_query():
+    style = expert.prompt_style("default", layout="xy", rule_before_query=True, x_decimals=0,
+                                preamble="Pairs follow.")
+    prompt = expert.build_prompt(np.array([[5.0], [12.0]]), np.array([2.31, 3.05]),
+                                 np.array([40.0]), "y is 0.", style)
+    assert prompt.splitlines() == ["Pairs follow. y is 0.", "x = 5, y = 2.31", "x = 12, y = 3.05",
+                                   "y is 0.", "x = 40, y ="]
+    # no text: no rule line, no empty head line
+    bare = expert.build_prompt(np.array([[5.0]]), np.array([2.31]), np.array([40.0]), "",
+                               expert.prompt_style("default", layout="xy", rule_before_query=True))
+    assert bare == "x = 5.00, y = 2.31\nx = 40.00, y ="
+    with pytest.raises(ValueError, match="layout"):
+        expert.prompt_style("default", layout="table")
+
+
+def test_chat_template_wraps_instructions_not_data(smol_tokenizer):
+    style = expert.prompt_style("default", chat=True)
+    wrap = expert.chat_wrapper(smol_tokenizer)
+    prompt = expert.build_prompt(np.array([[1.0]]), np.array([2.5]), np.array([2.0]), "y is 0.",
+                                 style, wrap)
+    assert prompt.startswith("<|im_start|>") and "<|im_start|>user\ny is 0.<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n1.00, 2.50\n2.00,")
+    with pytest.raises(ValueError, match="chat wrapper"):
+        expert.build_prompt(np.array([[1.0]]), np.array([2.5]), np.array([2.0]), "", style)
+
+
+def test_xy_layout_trie_equals_brute_force(tiny_model, smol_tokenizer):
+    # The number follows "y =" and a space token; the trie must score it as brute force does.
+    style = expert.prompt_style("default", layout="xy", decimals=1, x_decimals=0)
+    prompt = expert.build_prompt(np.array([[1.0], [2.0]]), np.array([-2.5, 3.0]),
+                                 np.array([3.0]), "", style)
+    assert prompt.endswith("x = 3, y =")
+    bins = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, lead=style.lead,
+                                      threshold=0.0, max_int_digits=1)
+    brute = _brute(tiny_model, smol_tokenizer, prompt, _texts(bins))
+    np.testing.assert_allclose(bins.logp, brute, atol=1e-9, rtol=0)
+
+
+def test_expert_config_options_reach_the_prompt(tiny_model, smol_tokenizer):
+    cfg = expert.ExpertConfig.from_config({"layout": "xy", "text_numbers": True, "x_decimals": 0,
+                                           "rule_before_query": True, "threshold": 1e-4})
+    ds = expert.task_expert(tiny_model, smol_tokenizer, _task(text="At x = 9, y is 7."), cfg,
+                            "tiny", progress=False)
+    assert ds.attrs["prompt_example"].splitlines() == [
+        "At x = 9, y is 7.00.", "x = 0, y = 1.25", "x = 1, y = 1.75", "x = 2, y = 2.50",
+        "At x = 9, y is 7.00.", "x = 3, y ="]
+    assert ds.attrs["layout"] == "xy" and ds.attrs["text_numbers"] == 1

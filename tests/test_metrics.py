@@ -67,3 +67,35 @@ def test_constraint_and_roughness():
     out = sample_metrics(task, np.concatenate([smooth, zigzag * 1.5]))
     assert out["constraint"] == 0.5 and "crps" not in out
     assert sample_metrics(task, smooth)["roughness"] < 1e-20 < sample_metrics(task, zigzag)["roughness"]
+
+
+def test_binned_constraint_is_the_product_of_masses_inside():
+    x = np.arange(2, dtype=float)[:, None]
+    task = Task("t", "text", "", x[:1], np.zeros(1), x, np.full(2, np.nan),
+                np.array([-0.5, -np.inf]), np.array([0.5, 0.0]))
+    # target 0: [-1, 0) 0.2, [0, 1) 0.8 -> mass in [-0.5, 0.5] = 0.1 + 0.4; target 1: 0.2 below 0
+    bins = Bins(np.array([[-1.0, 0.0], [-1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 1.0]]),
+                np.array([[0.2, 0.8], [0.2, 0.8]]))
+    assert abs(bins_metrics(task, bins)["constraint"] - 0.5 * 0.2) < 1e-12
+
+
+def test_kde_marginal_nll_of_gp_posterior_samples_matches_the_exact_marginal():
+    """The sample NLL estimator (used for NDP and LLM-NDP samples) at the pipeline's sample
+    counts, on correlated GP posterior samples: close to the exact Gaussian marginal, and it
+    tells a miscalibrated predictive from a calibrated one."""
+    from llmflow.gp import posterior
+    from llmflow.kernels import Kernel
+
+    rng = np.random.default_rng(3)
+    kernel = Kernel("se", lengthscale=0.25)
+    gaps, wide_gaps = [], []
+    for _ in range(16):
+        x = rng.uniform(-2, 2, size=(30, 1))
+        truth = rng.multivariate_normal(np.zeros(30), kernel(x, x) + 0.05**2 * np.eye(30))
+        post = posterior(kernel, x[:5], truth[:5], x[5:], 0.05)
+        sd = np.sqrt(np.diag(post.cov))
+        exact = -stats.norm.logpdf(truth[5:], post.mean, sd).mean()
+        for s, out in ((post.sample(rng, 64), gaps), (post.mean + 2.0 * (post.sample(rng, 64) - post.mean), wide_gaps)):
+            out.append(-kde_log_density(s, truth[5:]).mean() - exact)
+    assert abs(np.mean(gaps)) < 0.1
+    assert np.mean(wide_gaps) > np.mean(gaps) + 0.2

@@ -120,3 +120,38 @@ def test_guided_sampler_draws_from_the_product(expert_cls, should_match):
     grid, cdf = product_cdf(base)
     p = stats.kstest(draws, lambda v: np.interp(v, grid, cdf)).pvalue
     assert (p > 0.01) if should_match else (p < 1e-6), p
+
+
+def test_temperature_tempers_densities_not_bin_probabilities():
+    # a coarse bin [0, 2) and two fine bins with the same density as each other
+    lower, upper = np.array([[[0.0, 2.0, 2.5]]]), np.array([[[2.0, 2.5, 3.0]]])
+    expert = BinnedExpert.from_arrays(lower, upper, np.log([[[0.5, 0.25, 0.25]]]))
+    hot = expert.temper(0.5)
+    dens = (hot.log_coef).exp()[0, 0].numpy()
+    np.testing.assert_allclose(dens / dens[1], [0.25**2 / 0.5**2, 1.0, 1.0])  # (q_b/q_1)^2
+    assert hot.log_prob.exp().sum().item() == pytest.approx(1.0)
+    assert expert.temper(1.0) is expert
+    with pytest.raises(ValueError):
+        expert.temper(0.0)
+
+
+def test_lost_mass_renormalised_or_flat():
+    import xarray as xr
+
+    ds = xr.Dataset({
+        "lower": (("target", "bin"), np.array([[0.0, 1.0, np.nan], [-2.0, 0.0, 4.0]])),
+        "upper": (("target", "bin"), np.array([[1.0, 2.0, np.nan], [0.0, 4.0, 5.0]])),
+        "logp": (("target", "bin"), np.log([[0.3, 0.3, 1.0], [0.1, 0.2, 0.2]]) - [[0, 0, np.inf], [0, 0, 0]]),
+        "lost_mass": (("target",), np.array([0.4, 0.5])),
+    })
+    renorm = BinnedExpert.from_datasets([ds])
+    np.testing.assert_allclose(renorm.log_prob[0, 0, :2].exp(), [0.5, 0.5])
+    flat = BinnedExpert.from_datasets([ds], lost="flat")
+    assert flat.lower.shape[-1] == 4
+    np.testing.assert_allclose(flat.log_prob[0, :, :].exp().sum(-1), 1.0)
+    np.testing.assert_allclose(flat.log_prob[0, :, -1].exp(), [0.4, 0.5])
+    np.testing.assert_allclose(flat.lower[0, :, -1], [0.0, -2.0])
+    np.testing.assert_allclose(flat.upper[0, :, -1], [2.0, 5.0])
+    np.testing.assert_allclose(flat.log_prob[0, 0, :2].exp(), [0.3, 0.3])
+    with pytest.raises(ValueError, match="lost"):
+        BinnedExpert.from_datasets([ds], lost="drop")

@@ -80,6 +80,18 @@ def test_tiny_run_draws_every_figure(tiny_run: Path):
             assert path.read_bytes().startswith(magic), path
 
 
+def test_figures_redraw_identically_and_report_holds_them(tiny_run: Path):
+    figures = tiny_run / "results/figures"
+    before = {f.name: f.read_bytes() for f in sorted(figures.iterdir())}
+    result = snakemake(tiny_run, "-j1", "-R", "figures", "--configfile", "tests/config.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {f.name: f.read_bytes() for f in sorted(figures.iterdir())} == before
+    result = snakemake(tiny_run, "--report", "report.html", "--configfile", "tests/config.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tiny_run / "report.html").read_text(errors="replace")
+    assert "fig1.png" in report and "summary.csv" in report
+
+
 def _break_config(workdir: Path, edit) -> None:
     path = workdir / "tests/config.yaml"
     config = yaml.safe_load(path.read_text())

@@ -103,7 +103,8 @@ def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cf
     scale, shift = expert.affine_for(y_c, expert_cfg)
     y_llm = (y_c - shift) / scale
     max_int = expert_cfg.max_int_digits or expert.default_int_digits(y_llm)
-    text = str(task.attrs.get("text", ""))
+    text = expert.prepare_text(str(task.attrs.get("text", "")), style, scale, shift)
+    chat = expert.chat_wrapper(tokenizer) if style.chat else None
     rng = np.random.default_rng(cfg.seed)
 
     y = np.full((cfg.n_samples, len(x_t)), np.nan)
@@ -113,7 +114,7 @@ def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cf
     for i in range(cfg.n_samples):
         xs, ys = list(x_c), list(y_llm)
         for j in rng.permutation(len(x_t)):
-            prompt = expert.build_prompt(np.array(xs), np.array(ys), x_t[j], text, style)
+            prompt = expert.build_prompt(np.array(xs), np.array(ys), x_t[j], text, style, chat)
             s, bad = draw_number(model, tokenizer, prompt, style, max_int_digits=max_int,
                                  allow_negative=expert_cfg.allow_negative, cfg=cfg, rng=rng)
             n_invalid[i] += bad
@@ -126,6 +127,12 @@ def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cf
             xs.append(x_t[j])
             ys.append(value)
     bar.close()
+    never = np.flatnonzero(np.isnan(y).all(axis=0))
+    if len(never):  # one invalid draw leaves a NaN sample; no valid draw at all is an error
+        j = int(never[0])
+        raise ValueError(
+            f"task {task.attrs.get('name', '')!r}, target {j} (x = {', '.join(f'{v:g}' for v in x_t[j])}): "
+            f"the LLM gave no valid number in {cfg.max_retries + 1} draws for any of {cfg.n_samples} samples")
     return xr.Dataset(
         {
             "y": (("sample", "target"), y),

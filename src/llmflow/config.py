@@ -67,6 +67,40 @@ def _check_ranges(node: Any, schema: dict[str, Any], path: list) -> None:
         raise ConfigError(f"config error: {key_path(path)}: low end {node[0]} exceeds high end {node[1]}")
 
 
+def check_consistency(config: dict[str, Any]) -> None:
+    """What the schema cannot say: values that must agree with each other or with the disk.
+
+    Run after :func:`validate_config` (defaults filled in). Raises ConfigError naming the key.
+    """
+    from llmflow.llm import EMBEDDED  # torch-heavy; the Snakefile imports it anyway
+    from llmflow.tasks import task_names
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"config error: {key}: {message}")
+
+    prior, ndp = config["prior"], config["ndp"]
+    if prior["kernel_weights"] is not None and len(prior["kernel_weights"]) != len(prior["kernels"]):
+        fail("prior.kernel_weights", f"{len(prior['kernel_weights'])} weights for {len(prior['kernels'])} kernels")
+    if ndp["dim"] % ndp["heads"]:
+        fail("ndp.heads", f"{ndp['heads']} does not divide ndp.dim = {ndp['dim']}")
+    seen: set[str] = set()
+    for i, spec in enumerate(config["tasks"]["user"]):
+        if spec["name"] in seen:
+            fail(f"tasks.user[{i}].name", f"{spec['name']!r} names another user task too")
+        seen.add(spec["name"])
+    names = task_names(config)
+    if not names:
+        fail("tasks", "declares no task")
+    if config["figures"]["task"] not in names:
+        fail("figures.task", f"{config['figures']['task']!r} is not one of the configured tasks")
+    model = config["llm"]["model"]
+    folder = Path(model).expanduser()
+    if model not in EMBEDDED and not (folder / "config.json").is_file():
+        what = "no such folder" if not folder.is_dir() else "no config.json in it"
+        fail("llm.model", f"{model!r} is neither an embedded model ({', '.join(EMBEDDED)}) "
+                          f"nor a Hugging Face model folder ({what})")
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     with open(path) as fh:
         return yaml.safe_load(fh)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -67,9 +65,3 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         cells = " | ".join("" if pd.isna(v) else f"{v:.3f}" for v in row.values)
         lines.append(f"| {family} | {metric} | {cells} |")
     return "\n".join(lines) + "\n"
-
-
-def write_predictions(preds: dict[str, pd.DataFrame], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for method, frame in preds.items():
-        frame.to_csv(folder / f"{method}.csv", index=False, float_format="%.6g")

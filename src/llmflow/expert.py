@@ -27,7 +27,9 @@ import hashlib
 import inspect
 import json
 import math
-from collections.abc import Sequence
+import re
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -51,10 +53,17 @@ UNITS: tuple[str, ...] = (*DIGITS, "-", ".", TERM)  # column order of unit log-p
 class PromptStyle:
     """How numbers and prompts are written.
 
-    ``lead``: text between the query's comma and the number, scored with the number: ``" "``
+    ``lead``: text between the query's separator and the number, scored with the number: ``" "``
     (ours: the number keeps the token context it has in the context lines ``x, y``) or ``""``
-    (the LLMP reference scores the number right after the comma). ``order``: ``distance`` (farthest context point first, nearest last) or ``fixed``
-    (as given, so every target shares the context part of the prompt).
+    (the LLMP reference scores the number right after the comma). ``order``: ``distance``
+    (farthest context point first, nearest last) or ``fixed`` (as given, so every target shares
+    the context part of the prompt). ``layout``: ``plain`` lines ``x, y`` or ``xy`` lines
+    ``x = x, y = y`` (the query ends ``x = x_*, y =``). ``preamble``: a fixed sentence before the
+    text. ``text_numbers``: rewrite the numbers of the text in the data's format (``y is 0`` →
+    ``y is 0.00``, in the LLM's units). ``rule_before_query``: the text again on the line
+    before the query, where the model reads it last. ``chat``: the instructions (preamble and
+    text) go into the tokenizer's chat template as the user turn and the data lines open the
+    assistant turn (for instruct models).
     """
 
     name: str
@@ -66,12 +75,19 @@ class PromptStyle:
     restricted: bool
     use_text: bool
     terminator: str = "\n"
+    layout: str = "plain"
+    preamble: str = ""
+    text_numbers: bool = False
+    rule_before_query: bool = False
+    chat: bool = False
 
     def __post_init__(self) -> None:
         if self.order not in ("distance", "fixed"):
             raise ValueError(f"expert.order must be distance or fixed, got {self.order!r}")
         if self.rounding not in ("truncate", "round"):
             raise ValueError(f"expert.rounding must be truncate or round, got {self.rounding!r}")
+        if self.layout not in ("plain", "xy"):
+            raise ValueError(f"expert.layout must be plain or xy, got {self.layout!r}")
         if self.decimals < 0 or self.x_decimals < 0:
             raise ValueError("expert.decimals and expert.x_decimals must be >= 0")
 
@@ -135,14 +151,59 @@ def check_context(x_context: np.ndarray, y_context: np.ndarray, x_target: np.nda
         raise ValueError(f"x_context has {len(x_context)} rows but y_context {len(y_context)}")
 
 
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+_VARIABLE = re.compile(r"\b([xy])\b")
+
+
+def prepare_text(text: str, style: PromptStyle, scale: float = 1.0, shift: float = 0.0) -> str:
+    """The task's text as the LLM reads it: stripped, empty unless ``style.use_text``.
+
+    With ``style.text_numbers`` each number is rewritten in the format of the variable named
+    last before it: after ``y`` as a y value (mapped into the LLM's units by ``(v - shift) /
+    scale``, ``decimals`` decimals), otherwise as an x value (``x_decimals``). So "If x is
+    greater than 30, y is 0." reads "If x is greater than 30.00, y is 0.00." at 2 decimals.
+    """
+    text = text.strip() if style.use_text else ""
+    if not style.text_numbers:
+        return text
+
+    def rewrite(m: re.Match) -> str:
+        names = _VARIABLE.findall(text, 0, m.start())
+        value = float(m.group())
+        if names and names[-1] == "y":
+            return format_number((value - shift) / scale, style.decimals, style.rounding)
+        return format_number(value, style.x_decimals, "round")
+
+    return _NUMBER.sub(rewrite, text)
+
+
+def chat_wrapper(tokenizer) -> Callable[[str], str]:
+    """``message → prompt text`` of ``tokenizer``'s chat template: the user turn, then the
+    opening of the assistant turn. A leading BOS that the tokenizer adds itself is dropped."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("expert.chat needs a tokenizer with a chat template (an instruct model)")
+    bos = tokenizer.bos_token or ""
+    adds_bos = bool(bos) and tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+
+    def wrap(message: str) -> str:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                            add_generation_prompt=True)
+        return out[len(bos):] if adds_bos and out.startswith(bos) else out
+
+    return wrap
+
+
 def build_prompt(
-    x_context: np.ndarray, y_context: np.ndarray, x_query: np.ndarray, text: str, style: PromptStyle
+    x_context: np.ndarray, y_context: np.ndarray, x_query: np.ndarray, text: str, style: PromptStyle,
+    chat: Callable[[str], str] | None = None,
 ) -> str:
     """Prompt for one target; it ends where the number starts.
 
-    Shapes: ``x_context (n, D)``, ``y_context (n,)``, ``x_query (D,)``; y already in LLM units.
-    With ``order='distance'`` the context is sorted by Euclidean distance to ``x_query``,
-    farthest first, so the nearest point is the last line before the query (stable on ties).
+    Shapes: ``x_context (n, D)``, ``y_context (n,)``, ``x_query (D,)``; y already in LLM units,
+    ``text`` as :func:`prepare_text` returns it. With ``order='distance'`` the context is sorted
+    by Euclidean distance to ``x_query``, farthest first, so the nearest point is the last line
+    before the query (stable on ties). ``chat`` (:func:`chat_wrapper`) is required when
+    ``style.chat``.
     """
     x_context = np.asarray(x_context, dtype=float).reshape(len(y_context), -1)
     x_query = np.asarray(x_query, dtype=float).reshape(-1)
@@ -154,13 +215,25 @@ def build_prompt(
     def fmt_x(x: np.ndarray) -> str:
         return ", ".join(format_number(v, style.x_decimals, "round") for v in x)
 
-    head = f"{text.strip()}\n" if style.use_text and text.strip() else ""
+    def line(x: np.ndarray, y: str) -> str:  # a line without its y for the query
+        if style.layout == "xy":
+            return f"x = {fmt_x(x)}, y ={' ' + y if y else ''}"
+        return f"{fmt_x(x)},{' ' + y if y else ''}"
+
+    text = text.strip() if style.use_text else ""
+    instructions = " ".join(part for part in (style.preamble.strip(), text) if part)
     lines = "".join(
-        f"{fmt_x(x_context[i])}, {format_number(y_context[i], style.decimals, style.rounding)}"
-        f"{style.terminator}"
+        line(x_context[i], format_number(y_context[i], style.decimals, style.rounding)) + style.terminator
         for i in order
     )
-    return f"{head}{lines}{fmt_x(x_query)},"
+    rule = f"{text}\n" if style.rule_before_query and text else ""
+    query = f"{rule}{line(x_query, '')}"
+    if style.chat:
+        if chat is None:
+            raise ValueError("a chat prompt style needs the tokenizer's chat wrapper")
+        return f"{chat(instructions)}{lines}{query}"
+    head = f"{instructions}\n" if instructions else ""
+    return f"{head}{lines}{query}"
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -261,15 +334,59 @@ def _forward_kwargs(model) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
-def prefix_cache(model, prefix_ids: Sequence[int]) -> tuple[Any, torch.Tensor]:
-    """Run ``prefix_ids`` once: (KV cache, last-position logits (1, V))."""
+_HEAD_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _row_logits(model, hidden: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """Logits of the ``vocab`` tokens only, from last hidden states (B, H): (B, len(vocab))."""
+    head = model.get_output_embeddings()
+    logits = hidden @ head.weight[vocab].T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[vocab]
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def rows_only(model) -> bool:
+    """Whether the LM head may be applied to a few vocabulary rows only (restricted softmax).
+
+    The full head costs more than Gemma-3-270M's whole transformer body (262k × 640 weights);
+    a restricted softmax needs ~15 of its rows. Checked once per model against the model's own
+    forward on a short input, so a model that post-processes logits some other way (a logit
+    scale, say) keeps the full head.
+    """
+    if model not in _HEAD_OK:
+        ok = False
+        if getattr(model, "base_model", model) is not model and model.get_output_embeddings() is not None:
+            ids = torch.arange(1, 9, device=model.device)[None]
+            vocab = torch.arange(0, 64, device=model.device)
+            with torch.inference_mode():
+                full = model(input_ids=ids, use_cache=False).logits[:, -1, vocab]
+                hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+                ok = bool(torch.allclose(_row_logits(model, hidden, vocab), full, rtol=1e-4, atol=1e-4))
+        _HEAD_OK[model] = ok
+    return _HEAD_OK[model]
+
+
+def _last_logits(model, vocab: torch.Tensor | None, **inputs: Any) -> tuple[Any, torch.Tensor]:
+    """(KV cache, last-position logits): over the full vocabulary (B, V), or over ``vocab``
+    only (B, len(vocab)) when given (see :func:`rows_only`)."""
+    if vocab is None:
+        out = model(**inputs, use_cache=True, **_forward_kwargs(model))
+        return out.past_key_values, out.logits[:, -1]
+    out = model.base_model(**inputs, use_cache=True)
+    return out.past_key_values, _row_logits(model, out.last_hidden_state[:, -1], vocab)
+
+
+def prefix_cache(model, prefix_ids: Sequence[int], vocab: torch.Tensor | None = None) -> tuple[Any, torch.Tensor]:
+    """Run ``prefix_ids`` once: (KV cache, last-position logits (1, V), or (1, len(vocab)))."""
     ids = torch.tensor([list(prefix_ids)], device=model.device)
-    out = model(input_ids=ids, use_cache=True, **_forward_kwargs(model))
-    return out.past_key_values, out.logits[:, -1]
+    return _last_logits(model, vocab, input_ids=ids)
 
 
-def extend_logits(model, cache: Any, suffix_ids: torch.Tensor) -> torch.Tensor:
-    """Last-position logits (B, V) of ``prefix + suffix_ids[b]`` for each row b of (B, k) ids.
+def extend_logits(model, cache: Any, suffix_ids: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+    """Last-position logits (B, V) of ``prefix + suffix_ids[b]`` for each row b of (B, k) ids
+    (B, len(vocab)) when ``vocab`` is given).
 
     The prefix cache (batch 1) is shared, not copied: each layer of a shallow copy holds
     broadcast views of the prefix keys/values, and the model's cache update concatenates into
@@ -283,9 +400,7 @@ def extend_logits(model, cache: Any, suffix_ids: torch.Tensor) -> torch.Tensor:
             view.keys = layer.keys.expand(suffix_ids.shape[0], -1, -1, -1)
             view.values = layer.values.expand(suffix_ids.shape[0], -1, -1, -1)
         batch_cache.layers.append(view)
-    out = model(input_ids=suffix_ids, past_key_values=batch_cache, use_cache=True,
-                **_forward_kwargs(model))
-    return out.logits[:, -1]
+    return _last_logits(model, vocab, input_ids=suffix_ids, past_key_values=batch_cache)[1]
 
 
 class Scorer:
@@ -296,9 +411,16 @@ class Scorer:
         self.model, self.restricted, self.batch_size = model, restricted, batch_size
         self.vocab = torch.tensor(list(vocab), device=model.device)
         self.column = {int(t): j for j, t in enumerate(vocab)}
-        self.cache, root = prefix_cache(model, shared_ids)
-        self.root = token_logprobs(root, self.vocab, restricted).double().cpu().numpy()[0]
+        # A restricted softmax needs only the vocab rows of the LM head.
+        self.rows = self.vocab if restricted and rows_only(model) else None
+        self.cache, root = prefix_cache(model, shared_ids, self.rows)
+        self.root = self._logprobs(root)[0]
         self.n_positions = len(shared_ids)
+
+    def _logprobs(self, logits: torch.Tensor) -> np.ndarray:
+        if self.rows is not None:  # logits are already the vocab columns
+            return torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
+        return token_logprobs(logits, self.vocab, self.restricted).double().cpu().numpy()
 
     def __call__(self, paths: Sequence[Sequence[int]]) -> np.ndarray:
         """Rows (len(paths), len(vocab)); paths of equal length are batched without padding."""
@@ -313,8 +435,7 @@ class Scorer:
             for start in range(0, len(members), self.batch_size):
                 batch = members[start:start + self.batch_size]
                 ids = torch.tensor([list(paths[i]) for i in batch], device=self.model.device)
-                logits = extend_logits(self.model, self.cache, ids)
-                out[batch] = token_logprobs(logits, self.vocab, self.restricted).double().cpu().numpy()
+                out[batch] = self._logprobs(extend_logits(self.model, self.cache, ids, self.rows))
                 self.n_positions += ids.numel()
         return out
 
@@ -544,6 +665,11 @@ class ExpertConfig:
     order: str | None = None
     restricted: bool | None = None
     use_text: bool | None = None
+    layout: str | None = None
+    preamble: str | None = None
+    text_numbers: bool | None = None
+    rule_before_query: bool | None = None
+    chat: bool | None = None
     threshold: float = 1e-3
     coarse: bool = True
     max_int_digits: int | None = None
@@ -559,7 +685,9 @@ class ExpertConfig:
 
     def prompt_style(self) -> PromptStyle:
         return prompt_style(self.style, decimals=self.decimals, x_decimals=self.x_decimals,
-                            order=self.order, restricted=self.restricted, use_text=self.use_text)
+                            order=self.order, restricted=self.restricted, use_text=self.use_text,
+                            layout=self.layout, preamble=self.preamble, text_numbers=self.text_numbers,
+                            rule_before_query=self.rule_before_query, chat=self.chat)
 
 
 def affine_for(y_context: np.ndarray, cfg: ExpertConfig) -> tuple[float, float]:
@@ -614,11 +742,12 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
     max_int = cfg.max_int_digits or default_int_digits(y_llm)
     if default_int_digits(y_llm) - 1 > max_int:
         raise ValueError(f"expert.max_int_digits={max_int} is below the digits of a context y")
-    text = str(task.attrs.get("text", ""))
+    text = prepare_text(str(task.attrs.get("text", "")), style, scale, shift)
+    chat = chat_wrapper(tokenizer) if style.chat else None
 
     results, prompts = [], []
     for j in tqdm(range(len(x_t)), desc=f"expert {task.attrs.get('name', '')}", disable=not progress):
-        prompt = build_prompt(x_c, y_llm, x_t[j], text, style)
+        prompt = build_prompt(x_c, y_llm, x_t[j], text, style, chat)
         prompts.append(prompt)
         results.append(binned_distribution(
             model, tokenizer, prompt, style.decimals, lead=style.lead, threshold=cfg.threshold,
@@ -626,6 +755,12 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
             allow_negative=cfg.allow_negative, coarse=cfg.coarse, rounding=style.rounding,
             batch_size=cfg.batch_size))
 
+    for j, b in enumerate(results):
+        if not len(b.logp):  # no density to offer: stop here rather than write an empty one
+            raise ValueError(
+                f"task {task.attrs.get('name', '')!r}, target {j} (x = {', '.join(f'{v:g}' for v in x_t[j])}): "
+                f"the LLM gave no valid number ({b.lost_invalid:.0%} of the probability on other tokens, "
+                f"{b.lost_pruned:.0%} pruned)")
     n_bin = max((len(b.logp) for b in results), default=0)
     lower = np.full((len(results), n_bin), np.nan)
     upper = np.full((len(results), n_bin), np.nan)
@@ -642,7 +777,9 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
         "task": str(task.attrs.get("name", "")), "model": model_name, "style": style.name,
         "decimals": style.decimals, "x_decimals": style.x_decimals, "order": style.order,
         "rounding": style.rounding, "restricted": int(style.restricted),
-        "use_text": int(style.use_text), "lead": style.lead,
+        "use_text": int(style.use_text), "lead": style.lead, "layout": style.layout,
+        "preamble": style.preamble, "text_numbers": int(style.text_numbers),
+        "rule_before_query": int(style.rule_before_query), "chat": int(style.chat),
         "terminator": style.terminator, "threshold": cfg.threshold, "coarse": int(cfg.coarse),
         "max_int_digits": max_int, "scale": scale, "shift": shift,
         "prompt_example": prompts[0] if prompts else "",
@@ -699,6 +836,6 @@ def run_cached(task_paths: Sequence[str], out_paths: Sequence[str], settings: di
 __all__ = [
     "Bins", "ExpertConfig", "Scorer", "allowed_units", "first_unit_logprobs",
     "next_unit_logprobs", "NumberTokens", "PromptStyle", "STYLES", "UNITS", "binned_distribution",
-    "build_prompt", "check_context", "default_int_digits", "format_number", "number_interval", "number_tokens",
+    "build_prompt", "chat_wrapper", "check_context", "prepare_text", "default_int_digits", "format_number", "number_interval", "number_tokens",
     "prompt_style", "run_cached", "score_strings", "task_expert", "token_logprobs",
 ]

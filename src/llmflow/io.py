@@ -8,6 +8,7 @@ at most a ``.tmp-*`` sibling, which the next attempt removes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,8 +27,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a killed writer of the same path (Snakemake gives each output one job).
+    stale = re.compile(rf"\.(tmp|old)-\d+-{re.escape(final.name)}")
+    for sibling in final.parent.iterdir():
+        if stale.fullmatch(sibling.name):
+            _remove(sibling)
     tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
-    _remove(tmp)
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():

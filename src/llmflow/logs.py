@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def deterministic_torch() -> None:
+    """Bitwise-reproducible torch: on CPU only deterministic kernels (an op without one raises);
+    on CUDA the deterministic ones where they exist (warning for the rest), cuBLAS included.
+
+    Must run before the first CUDA call (cuBLAS reads its workspace setting once).
+    """
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+
+
 @contextmanager
 def log_errors(log_path: str) -> Iterator[logging.Logger]:
     """Route the job's logging to ``log_path``; on an exception, write it as the log's last line.
+
+    Jobs that compute with torch (imported before entering) get :func:`deterministic_torch`.
 
     The full traceback goes to the log before that line, the one-line message to stderr, and
     the process exits non-zero, so ``--show-failed-logs`` shows the cause at the end.
@@ -23,6 +39,11 @@ def log_errors(log_path: str) -> Iterator[logging.Logger]:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logger = logging.getLogger("llmflow")
+    if "torch" in sys.modules:  # a job that computes with torch imported it before entering
+        deterministic_torch()
+    # Where the job ran: on a cluster, the scheduler's job id and the GPUs it was given.
+    logger.info("host %s, SLURM job %s, CUDA_VISIBLE_DEVICES=%s", socket.gethostname(),
+                os.environ.get("SLURM_JOB_ID", "-"), os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
     try:
         yield logger
     except Exception as err:  # noqa: BLE001 - every failure must reach the log as one line

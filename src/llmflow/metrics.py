@@ -60,6 +60,12 @@ class Bins:
             out[i] = np.interp(levels, knots_f, knots_y)
         return out
 
+    def mass_inside(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """(m,) probability of [lo_j, hi_j] at each target (uniform within bins); lo, hi (m,)."""
+        width = np.where(self.prob > 0, self.upper - self.lower, 1.0)
+        overlap = np.clip(np.minimum(self.upper, hi[:, None]) - np.maximum(self.lower, lo[:, None]), 0.0, None)
+        return np.where(self.prob > 0, self.prob * np.minimum(overlap, width) / width, 0.0).sum(axis=1)
+
     def log_density(self, y: np.ndarray) -> np.ndarray:
         """(m,) log density at y (m,); −inf outside every bin."""
         inside = (y[:, None] >= self.lower) & (y[:, None] < self.upper) & (self.prob > 0)
@@ -124,8 +130,14 @@ def sample_metrics(task: Task, samples: np.ndarray) -> dict[str, float]:
 
 
 def bins_metrics(task: Task, bins: Bins, n_quantiles: int = 512) -> dict[str, float]:
-    """Every metric of a binned-density method (I-LLMP) on ``task``."""
+    """Every metric of a binned-density method (I-LLMP) on ``task``.
+
+    ``constraint`` is exact: the targets are independent, so the probability that a joint draw
+    meets the text everywhere is the product of the per-target masses inside its interval.
+    """
     out: dict[str, float] = {}
+    if task.constraint_lo is not None:
+        out["constraint"] = float(np.prod(bins.mass_inside(task.constraint_lo, task.constraint_hi)))
     known = np.isfinite(task.y_target)
     if not known.any():
         return out

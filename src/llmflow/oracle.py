@@ -5,17 +5,31 @@ context size uniform in 1..9, 50 targets, observation noise variance 0.05², and
 with variance 1 — SE (ℓ = 0.25), Matérn-5/2 (ℓ = 0.25), weakly periodic = SE(ℓ = 0.5) ×
 periodic(p = 0.25, ℓ_p = 1) with ``k_per = exp(−2 sin²(π|x − x'|/p)/ℓ_p²)``.
 
-Score: the per-target joint log-likelihood of the noisy targets, ``log p(y_tgt | ctx) / m``
-in nats (higher is better), averaged over tasks, with its standard error.
+Every row is scored on the same tasks (paired), per target and in nats:
 
-- ``ndp``: a Gaussian fitted to S NDP samples (sample mean, unbiased covariance + 10⁻⁶ I),
-  evaluated at the true targets — the estimator the NDP papers report.
-- ``gp_optimum``: the exact GP posterior predictive with the true kernel and noise.
-- ``gp_samples``: the ``ndp`` estimator applied to as many exact GP posterior samples, on the
-  same tasks: the score of a perfect sampler, so ``gp_samples − ndp`` is the model's own gap
-  and ``gp_optimum − gp_samples`` the estimator's bias at this sample budget.
-- ``bayes_mixture`` (on held-out draws of the training prior, row ``mixture``): the Bayes-optimal
-  predictive under the prior's mixture over kernels and hyper-parameters,
+- ``loglik``: the joint log-likelihood of the noisy targets, ``log p(y_tgt | ctx) / m``
+  (higher is better), averaged over tasks with its standard error; ``gap``: the paired mean of
+  ``gp_optimum − row`` per task, with its own standard error (tighter than either row's).
+- ``nll``: the mean over targets of ``−log p(y_i | ctx)`` under each target's marginal;
+  ``crps``: the mean continuous ranked probability score (``scoringrules``), lower is better.
+
+Rows, per kernel:
+
+- ``gp_optimum``: the exact GP posterior predictive with the true kernel and noise (exact
+  joint, exact Gaussian marginals, closed-form CRPS).
+- ``ndp_exact``: the NDP's own conditional ``p(ctx ∪ tgt) / p(ctx)`` by the probability-flow ODE
+  (:mod:`llmflow.likelihood`), exact up to ODE discretisation; marginal NLL the same way with
+  one target at a time; no CRPS (the ODE gives densities, not a CDF).
+- ``ndp``: S samples of the guided sampler scored as the NDP literature does: a Gaussian fitted
+  to the samples (mean, unbiased covariance + 10⁻⁶ I) evaluated at the targets; marginal NLL
+  from a per-target kernel density (:func:`llmflow.metrics.kde_log_density`), ensemble CRPS.
+- ``gp_samples_gaussfit``: S exact GP posterior samples through the very estimators of the
+  ``ndp`` row: what a perfect sampler scores, the protocol's own ceiling at this S. A Gaussian
+  fitted to S samples of m = 50 targets is biased low unless S ≫ m; ``gp_optimum −
+  gp_samples_gaussfit`` measures that bias, ``gp_samples_gaussfit − ndp`` the model's gap
+  under the protocol.
+- ``bayes_mixture`` (on held-out draws of the training prior, kernel ``mixture``): the Bayes-optimal
+  joint predictive under the prior's mixture over kernels and hyper-parameters,
 
       p(y_tgt | y_ctx) = Σ_j w_j p(y_ctx, y_tgt | θ_j) / Σ_j w_j p(y_ctx | θ_j),
 
@@ -29,19 +43,23 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scoringrules as sr
 import torch
 import xarray as xr
+from scipy import stats
 from scipy.special import logsumexp
 
 from llmflow.gp import LOG_2PI, posterior, stable_cholesky
 from llmflow.io import write_file
 from llmflow.kernels import Kernel
-from llmflow.metrics import gaussian_fit_loglik
+from llmflow.likelihood import LikelihoodConfig, conditional_log_likelihood, marginal_log_likelihood
+from llmflow.metrics import gaussian_fit_loglik, kde_log_density
 from llmflow.ndp import TrainedNDP
 from llmflow.prior import PriorConfig
 from llmflow.sampler import SamplerConfig, sample
@@ -136,32 +154,57 @@ def prior_tasks(
     return GPTasks(*_split(x, y, counts, n_valid, n_tgt), kernels=kernels, noise_std=ds["noise_std"].values.astype(float))
 
 
-def ndp_loglik(tasks: GPTasks, y_samples: np.ndarray, jitter: float = 1e-6) -> np.ndarray:
-    """Per-task Gaussian-fit per-target log-likelihood of NDP samples (T, S, m) (padded targets ignored)."""
-    return np.array([gaussian_fit_loglik(y_samples[i][:, tasks.tgt_mask[i]], tasks.task(i)[3], jitter) for i in range(len(tasks))])
+@dataclass(frozen=True)
+class Scores:
+    """Per-task scores of one row (T,) each: joint per-target log-likelihood, mean marginal NLL
+    and mean CRPS over the task's targets (NaN where the row has no such score)."""
+
+    loglik: np.ndarray
+    nll: np.ndarray
+    crps: np.ndarray
 
 
-def gp_samples_loglik(tasks: GPTasks, n_samples: int, rng: np.random.Generator, jitter: float = 1e-6) -> np.ndarray:
-    """The Gaussian-fit estimator applied to ``n_samples`` exact GP posterior draws per task (T,).
+def sample_scores(tasks: GPTasks, y_samples: np.ndarray, jitter: float = 1e-6) -> Scores:
+    """The sample-based estimators on samples (T, S, m) (padded targets ignored): Gaussian-fit
+    joint, per-target KDE marginal NLL, ensemble CRPS."""
+    ll, nll, crps = (np.empty(len(tasks)) for _ in range(3))
+    for i in range(len(tasks)):
+        s, y = y_samples[i][:, tasks.tgt_mask[i]], tasks.task(i)[3]
+        ll[i] = gaussian_fit_loglik(s, y, jitter)
+        nll[i] = -kde_log_density(s, y).mean()
+        crps[i] = sr.crps_ensemble(y, s.T).mean()
+    return Scores(ll, nll, crps)
 
-    What a perfect sampler would score with the NDP's sample budget: the estimator is biased low
-    when n_samples is not ≫ m (≈ −2 nats/target at S = 64, m = 50; ≈ −0.2 at S = 128).
-    """
-    out = np.empty(len(tasks))
+
+def gp_posterior_samples(tasks: GPTasks, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_samples`` exact GP posterior draws of each task's noisy targets (T, S, m_max), 0 at padding."""
+    out = np.zeros((len(tasks), n_samples, tasks.tgt_mask.shape[1]))
+    for i in range(len(tasks)):
+        xc, yc, xt, _ = tasks.task(i)
+        out[i][:, tasks.tgt_mask[i]] = posterior(tasks.kernels[i], xc, yc, xt, float(tasks.noise_std[i])).sample(rng, n_samples)
+    return out
+
+
+def gp_optimum_scores(tasks: GPTasks) -> Scores:
+    """Exact scores of the true GP posterior: joint, Gaussian marginal NLL, closed-form CRPS."""
+    ll, nll, crps = (np.empty(len(tasks)) for _ in range(3))
     for i in range(len(tasks)):
         xc, yc, xt, yt = tasks.task(i)
         post = posterior(tasks.kernels[i], xc, yc, xt, float(tasks.noise_std[i]))
-        out[i] = gaussian_fit_loglik(post.sample(rng, n_samples), yt, jitter)
-    return out
+        sd = np.sqrt(np.diag(post.cov))
+        ll[i] = post.log_prob(yt) / len(yt)
+        nll[i] = -stats.norm.logpdf(yt, post.mean, sd).mean()
+        crps[i] = sr.crps_normal(yt, post.mean, sd).mean()
+    return Scores(ll, nll, crps)
 
 
-def gp_optimum_loglik(tasks: GPTasks) -> np.ndarray:
-    """Per-task per-target log p(y_tgt | ctx) under the true GP (T,)."""
-    out = np.empty(len(tasks))
-    for i in range(len(tasks)):
-        xc, yc, xt, yt = tasks.task(i)
-        out[i] = posterior(tasks.kernels[i], xc, yc, xt, float(tasks.noise_std[i])).log_prob(yt) / len(yt)
-    return out
+def ndp_exact_scores(model: TrainedNDP, tasks: GPTasks, cfg: LikelihoodConfig, marginals: bool = True) -> Scores:
+    """The NDP's exact conditional by the probability-flow ODE: joint and (optionally, about as
+    costly again) marginal NLL; no CRPS."""
+    args = (model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, tasks.y_tgt, tasks.ctx_mask, tasks.tgt_mask, cfg)
+    ll = conditional_log_likelihood(*args)
+    nll = -np.nanmean(marginal_log_likelihood(*args), axis=1) if marginals else np.full(len(tasks), np.nan)
+    return Scores(ll, nll, np.full(len(tasks), np.nan))
 
 
 @dataclass(frozen=True)
@@ -212,14 +255,15 @@ def _log_evidences(grid: HyperGrid, x: np.ndarray, y: np.ndarray, n_ctx: int) ->
     return terms.sum(-1), terms[:, :n_ctx].sum(-1)
 
 
-def bayes_mixture_loglik(tasks: GPTasks, grid: HyperGrid) -> np.ndarray:
-    """Per-task per-target log p(y_tgt | ctx) under the prior's hyper-parameter mixture (T,)."""
-    out = np.empty(len(tasks))
+def bayes_mixture_scores(tasks: GPTasks, grid: HyperGrid) -> Scores:
+    """Per-task per-target log p(y_tgt | ctx) under the prior's hyper-parameter mixture (joint only)."""
+    ll = np.empty(len(tasks))
     for i in range(len(tasks)):
         xc, yc, xt, yt = tasks.task(i)
         joint, ctx = _log_evidences(grid, np.concatenate([xc, xt]), np.concatenate([yc, yt]), len(yc))
-        out[i] = (logsumexp(grid.log_weight + joint) - logsumexp(grid.log_weight + ctx)) / len(yt)
-    return out
+        ll[i] = (logsumexp(grid.log_weight + joint) - logsumexp(grid.log_weight + ctx)) / len(yt)
+    nan = np.full(len(tasks), np.nan)
+    return Scores(ll, nan, nan)
 
 
 def prior_config_of(shard_path: str) -> PriorConfig:
@@ -227,34 +271,57 @@ def prior_config_of(shard_path: str) -> PriorConfig:
     return PriorConfig.from_config(json.loads(xr.open_zarr(shard_path).attrs["config"])["prior"])
 
 
-def summarise(kernel: str, method: str, per_task: np.ndarray) -> dict:
-    """One table row: mean per-target log-likelihood and its standard error over tasks."""
-    n = len(per_task)
-    return {"kernel": kernel, "method": method, "loglik": float(per_task.mean()),
-            "stderr": float(per_task.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"), "n_tasks": n}
+COLUMNS = ["kernel", "method", "loglik", "stderr", "n_tasks", "gap", "gap_stderr", "nll", "nll_stderr",
+           "crps", "crps_stderr", "n_samples"]
+
+
+def _mean_se(a: np.ndarray) -> tuple[float, float]:
+    """Mean over tasks and its standard error (NaN for fewer than two tasks or a NaN score)."""
+    se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.nan
+    return float(a.mean()), float(se)
+
+
+def summarise(kernel: str, method: str, scores: Scores, reference: Scores, n_samples: int | None) -> dict:
+    """One table row: means over tasks with standard errors, and the paired gap
+    ``reference − row`` of the joint log-likelihood (reference: ``gp_optimum`` on the same tasks)."""
+    ll, ll_se = _mean_se(scores.loglik)
+    gap, gap_se = _mean_se(reference.loglik - scores.loglik)
+    nll, nll_se = _mean_se(scores.nll)
+    crps, crps_se = _mean_se(scores.crps)
+    return {"kernel": kernel, "method": method, "loglik": ll, "stderr": ll_se, "n_tasks": len(scores.loglik),
+            "gap": gap, "gap_stderr": gap_se, "nll": nll, "nll_stderr": nll_se, "crps": crps, "crps_stderr": crps_se,
+            "n_samples": n_samples}
 
 
 @dataclass(frozen=True)
 class OracleConfig:
     """``config["bench"]["gp_oracle"]``.
 
-    n_tasks × n_samples NDP tasks per kernel; n_oracle_tasks tasks for the cheap exact rows
-    (gp_optimum on the fixed kernels); n_mixture_tasks held-out prior draws for the ``mixture``
-    row (0 = skip it); bayes_grid: quadrature nodes per hyper-parameter axis.
+    n_tasks tasks per fixed kernel and n_mixture_tasks held-out prior draws for the ``mixture``
+    kernel (0 = skip it), every row on the same tasks; n_samples: samples per task for the
+    sample-based rows; likelihood: :class:`~llmflow.likelihood.LikelihoodConfig` keys for
+    ``ndp_exact`` (None = its defaults; t0 comes from the sampler) plus ``marginals`` (bool: exact marginal NLL,
+    about as costly again as the joint); bayes_grid: quadrature nodes per hyper-parameter axis.
     """
 
-    n_tasks: int = 32
+    n_tasks: int = 6
     n_samples: int = 128
-    n_oracle_tasks: int = 4096
-    n_mixture_tasks: int = 32
+    n_mixture_tasks: int = 6
     n_ctx: tuple[int, int] = (1, 9)
     n_tgt: int = 50
     noise_std: float = 0.05
     x_range: tuple[float, float] = (-2.0, 2.0)
+    likelihood: dict | None = None
     bayes_grid: dict | None = None
 
     def grid_resolution(self) -> dict[str, int]:
         return {"lengthscale": 24, "period": 96, "periodic_lengthscale": 8, "variance": 4, "noise_std": 3, **(self.bayes_grid or {})}
+
+    def likelihood_config(self, t0: float) -> tuple[LikelihoodConfig, bool]:
+        """The ODE likelihood settings (start time t0 shared with the sampler) and ``marginals``."""
+        opts = dict(self.likelihood or {})
+        marginals = bool(opts.pop("marginals", True))
+        return LikelihoodConfig(t0=t0, **opts), marginals
 
 
 def run_gp_oracle(
@@ -264,56 +331,67 @@ def run_gp_oracle(
     mixture_shards: Sequence[str] = (),
     seed: int = 0,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """The benchmark table: rows (kernel, method, loglik, stderr, n_tasks), per-target nats.
+    """The benchmark table (columns :data:`COLUMNS`), per-target nats, one row per (kernel, method).
 
-    Fixed kernels ``se, matern52, weakly_periodic``: methods ``ndp`` and ``gp_optimum``;
-    ``mixture`` (held-out prior draws from ``mixture_shards``): ``ndp``, ``gp_optimum`` (each
-    function's true kernel) and ``bayes_mixture``. Every kernel row draws its tasks from its
-    own seeded stream, so rows do not depend on each other.
+    Kernels ``se, matern52, weakly_periodic`` and ``mixture`` (held-out prior draws from
+    ``mixture_shards``, with each function's true kernel as ``gp_optimum`` and the extra row
+    ``bayes_mixture``); methods ``gp_optimum, ndp_exact, ndp, gp_samples_gaussfit``, all on the
+    same tasks. Every kernel draws its tasks from its own seeded stream, so kernels do not
+    depend on each other. ``log`` receives the wall time of each stage.
     """
-    rows = []
-    families: list[tuple[str, GPTasks, GPTasks | None]] = []
+    lik, marginals = cfg.likelihood_config(sampler.t0)
+    families: list[tuple[str, GPTasks]] = []
+    kw = dict(x_range=cfg.x_range, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt, noise_std=cfg.noise_std)
     for i, (name, kernel) in enumerate(BENCH_KERNELS.items()):
-        rng = np.random.default_rng([seed, i])
-        kw = dict(x_range=cfg.x_range, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt, noise_std=cfg.noise_std)
-        families.append((name, make_gp_tasks(kernel, cfg.n_tasks, rng, **kw), make_gp_tasks(kernel, cfg.n_oracle_tasks, rng, **kw)))
+        families.append((name, make_gp_tasks(kernel, cfg.n_tasks, np.random.default_rng([seed, i]), **kw)))
     if cfg.n_mixture_tasks and mixture_shards:
         rng = np.random.default_rng([seed, len(BENCH_KERNELS)])
-        families.append(("mixture", prior_tasks(mixture_shards, cfg.n_mixture_tasks, rng, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt), None))
+        families.append(("mixture", prior_tasks(mixture_shards, cfg.n_mixture_tasks, rng, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt)))
 
-    for i, (name, tasks, oracle_tasks) in enumerate(families):
-        gen = torch.Generator().manual_seed(seed * 1000 + i)
+    rows = []
+    for i, (name, tasks) in enumerate(families):
+        clock = time.perf_counter()
+        optimum = gp_optimum_scores(tasks)
+        exact = ndp_exact_scores(model, tasks, lik, marginals)
+        t_exact = time.perf_counter() - clock
         samples = sample(
             model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, cfg.n_samples, ctx_mask=tasks.ctx_mask, tgt_mask=tasks.tgt_mask,
             solver=sampler.solver, steps=sampler.steps, t0=sampler.t0, noise_std=tasks.noise_std,
-            jacobian=sampler.jacobian, generator=gen, batch_size=sampler.batch_size, progress=progress,
+            jacobian=sampler.jacobian, generator=torch.Generator().manual_seed(seed * 1000 + i),
+            batch_size=sampler.batch_size, progress=progress,
         )
-        rows.append(summarise(name, "ndp", ndp_loglik(tasks, samples.y_tgt)))
-        rows.append(summarise(name, "gp_optimum", gp_optimum_loglik(oracle_tasks or tasks)))
-        rows.append(summarise(name, "gp_samples", gp_samples_loglik(tasks, cfg.n_samples, np.random.default_rng([seed, i, 1]))))
+        t_sample = time.perf_counter() - clock - t_exact
+        rows += [summarise(name, "gp_optimum", optimum, optimum, None),
+                 summarise(name, "ndp_exact", exact, optimum, None),
+                 summarise(name, "ndp", sample_scores(tasks, samples.y_tgt), optimum, cfg.n_samples),
+                 summarise(name, "gp_samples_gaussfit", sample_scores(tasks, gp_posterior_samples(tasks, cfg.n_samples, np.random.default_rng([seed, i, 1]))),
+                           optimum, cfg.n_samples)]
         if name == "mixture":
             grid = hyper_grid(prior_config_of(mixture_shards[0]), cfg.grid_resolution())
-            rows.append(summarise(name, "bayes_mixture", bayes_mixture_loglik(tasks, grid)))
-    return pd.DataFrame(rows, columns=["kernel", "method", "loglik", "stderr", "n_tasks"])
+            rows.append(summarise(name, "bayes_mixture", bayes_mixture_scores(tasks, grid), optimum, None))
+        if log:
+            log(f"{name}: {len(tasks)} tasks, ndp_exact {t_exact:.1f} s ({lik.divergence}, {lik.steps} RK4 steps, "
+                f"marginals={marginals}), ndp sampling {t_sample:.1f} s, total {time.perf_counter() - clock:.1f} s")
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """kernel × (ndp, gp_samples, gp_optimum, gap = gp_optimum − ndp, bayes_mixture) as aligned text."""
-    methods = [m for m in ("ndp", "gp_samples", "gp_optimum", "bayes_mixture") if m in set(table.method)]
-    cell = {(r.kernel, r.method): f"{r.loglik:.3f} ± {r.stderr:.3f}" for r in table.itertuples()}
-    value = {(r.kernel, r.method): r.loglik for r in table.itertuples()}
-    header = f"{'kernel':<16}" + "".join(f"{m:>18}" for m in methods[:3]) + f"{'gap':>8}" + "".join(f"{m:>18}" for m in methods[3:])
-    lines = [header]
-    for k in dict.fromkeys(table.kernel):
-        gap = value.get((k, "gp_optimum"), np.nan) - value.get((k, "ndp"), np.nan)
-        lines.append(f"{k:<16}" + "".join(f"{cell.get((k, m), ''):>18}" for m in methods[:3]) + f"{gap:8.3f}"
-                     + "".join(f"{cell.get((k, m), ''):>18}" for m in methods[3:]))
+    """kernel × method rows with joint loglik, paired gap to gp_optimum, marginal NLL and CRPS, as aligned text."""
+    def pm(mean: float, se: float) -> str:
+        return "—" if np.isnan(mean) else f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
+
+    lines = [f"{'kernel':<16}{'method':<22}{'loglik':>18}{'gap to optimum':>18}{'marginal nll':>18}{'crps':>18}{'tasks':>7}{'S':>6}"]
+    for r in table.itertuples():
+        s = "" if pd.isna(r.n_samples) else str(int(r.n_samples))
+        lines.append(f"{r.kernel:<16}{r.method:<22}{pm(r.loglik, r.stderr):>18}{pm(r.gap, r.gap_stderr):>18}"
+                     f"{pm(r.nll, r.nll_stderr):>18}{pm(r.crps, r.crps_stderr):>18}{r.n_tasks:>7}{s:>6}")
     return "\n".join(lines)
 
 
 def write_table(table: pd.DataFrame, csv_path: str, text_path: str | None = None) -> None:
-    """The CSV (the contract: kernel, method, loglik, stderr, n_tasks) and the aligned text table, atomically."""
+    """The CSV (columns :data:`COLUMNS`) and the aligned text table, atomically."""
     write_file(csv_path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
     if text_path:
         write_file(text_path, lambda tmp: tmp.write_text(format_table(table) + "\n"))

@@ -72,22 +72,54 @@ def figure1(task: Task, samples: dict[str, np.ndarray], bins: Bins, x_prior: np.
     save(fig, path)
 
 
+def _constraint(ax: plt.Axes, task: Task) -> None:
+    """Shade the band the text allows at each target (where it says anything)."""
+    if task.constraint_lo is None:
+        return
+    x = task.x_target[:, 0]
+    order = np.argsort(x)
+    lo, hi = task.constraint_lo[order], task.constraint_hi[order]
+    stated = np.isfinite(lo) | np.isfinite(hi)
+    ylo, yhi = ax.get_ylim()
+    ax.fill_between(x[order], np.where(np.isfinite(lo), lo, ylo), np.where(np.isfinite(hi), hi, yhi), where=stated,
+                    color="tab:red", alpha=0.12, lw=0, label="text allows")
+    ax.set_ylim(ylo, yhi)
+
+
+def _robust_ylim(task: Task, samples: list[np.ndarray]) -> tuple[float, float]:
+    """y-range holding the context and the central 96% of the given samples (outliers clipped)."""
+    values = [task.y_context, *(np.quantile(s, [0.02, 0.98]) for s in samples)]
+    if task.constraint_lo is not None:
+        values += [task.constraint_lo[np.isfinite(task.constraint_lo)], task.constraint_hi[np.isfinite(task.constraint_hi)]]
+    flat = np.concatenate([np.ravel(v) for v in values])
+    lo, hi = flat.min(), flat.max()
+    pad = 0.1 * (hi - lo) + 1e-9
+    return lo - pad, hi + pad
+
+
 def figure2(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | Path) -> None:
-    """Two-point text conditioning: NDP, A-LLMP, LLM-NDP trajectories; I-LLMP log-density."""
+    """Two-point text conditioning: NDP, A-LLMP, LLM-NDP trajectories; I-LLMP log-density.
+
+    Titles carry each method's constraint-satisfaction rate when the text states one.
+    """
     x = task.x_target[:, 0]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
+    ylim = _robust_ylim(task, [samples["ndp"], samples["llm-ndp"]])
     for ax, method in zip(axes[:3], ("ndp", "a-llmp", "llm-ndp")):
+        ax.set_ylim(ylim)
         _trajectories(ax, x, samples[method], COLORS[method], n=20)
         _context(ax, task)
-        ax.set_title(method)
-    lo, hi = axes[0].get_ylim()
-    grid = np.linspace(lo, hi, 200)
+        _constraint(ax, task)
+        rate = f", satisfies text: {task.satisfies(samples[method]).mean():.0%}" if task.constraint_lo is not None else ""
+        ax.set_title(method + rate, fontsize=10)
+    grid = np.linspace(*ylim, 200)
     dens = np.stack([Bins(bins.lower[i : i + 1], bins.upper[i : i + 1], bins.prob[i : i + 1]).log_density(np.full(1, g))
                      for g in grid for i in range(len(x))]).reshape(len(grid), len(x))
     order = np.argsort(x)
     mesh = axes[3].pcolormesh(x[order], grid, np.maximum(dens[:, order], -10), shading="nearest", cmap="viridis")
     _context(axes[3], task)
-    axes[3].set_title("I-LLMP log density")
+    axes[3].set_title("I-LLMP log density", fontsize=10)
+    axes[3].set_ylim(ylim)
     fig.colorbar(mesh, ax=axes[3])
     fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
     fig.tight_layout()

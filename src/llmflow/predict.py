@@ -19,6 +19,7 @@ import xarray as xr
 from llmflow.ndp import TrainedNDP
 from llmflow.poe import BinnedExpert
 from llmflow.sampler import sample
+from llmflow.smc import sample_smc
 from llmflow.tasks import Task
 
 
@@ -57,9 +58,13 @@ class TaskFrame:
         return y * self.y_scale + self.y_shift
 
 
-def expert_from_dataset(ds: xr.Dataset) -> BinnedExpert:
-    """The I-LLMP bins of one task (the expert stage's store) as a one-task expert, data units."""
-    return BinnedExpert.from_datasets([ds])
+def expert_from_dataset(ds: xr.Dataset, lost: str = "renormalise", temperature: float = 1.0) -> BinnedExpert:
+    """The I-LLMP bins of one task (the expert stage's store) as a one-task expert, data units.
+
+    ``lost`` and ``temperature``: the config's ``sample.lost_mass`` and
+    ``sample.expert_temperature`` (see :meth:`BinnedExpert.from_datasets` and ``temper``).
+    """
+    return BinnedExpert.from_datasets([ds], lost=lost).temper(temperature)
 
 
 def sample_task(
@@ -75,14 +80,22 @@ def sample_task(
     """Joint samples (S, m) at the task's targets in data units; with ``expert``: LLM-NDP.
 
     ``sampler`` is the config's ``sampler`` section (solver, steps, t0, noise_std in the task
-    frame's y units, jacobian). The same seed gives the same start noise for both methods, so
+    frame's y units, jacobian; ``method: smc`` draws LLM-NDP by :func:`llmflow.smc.sample_smc`). The same seed gives the same start noise for both methods, so
     their difference is the expert's effect alone.
     """
     extra = None
     if expert is not None:
-        # data units → task frame → the network's own normalisation
-        framed = expert.affine(frame.y_shift, frame.y_scale).affine(model.norm.loc, model.norm.scale)
+        # data units → task frame → the network's own normalisation; float32 like the network
+        framed = expert.affine(frame.y_shift, frame.y_scale).affine(model.norm.loc, model.norm.scale).to(torch.float32)
         extra = framed.score
+        if sampler["method"] == "smc":
+            out = sample_smc(
+                model, frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None],
+                n_samples, expert=framed, expert_weight=expert_weight, steps=sampler["steps"], t0=sampler["t0"],
+                noise_std=sampler["noise_std"], jacobian=sampler["jacobian"], generator=torch.Generator().manual_seed(seed),
+                **sampler["smc"],
+            )
+            return frame.y_back(out.y_tgt[0])
     out = sample(
         model,
         frame.x(task.x_context)[None],

@@ -5,7 +5,7 @@ rule evaluate:
         samples=[f"results/samples/{t}/{m}.zarr" for t in TASKS for m in SAMPLE_METHODS],
         experts=[f"results/expert/{MODEL_LABEL}/{t}.zarr" for t in TASKS],
     output:
-        summary="results/metrics/summary.csv",
+        summary=report("results/metrics/summary.csv", category="Metrics"),
         table="results/metrics/summary.md",
         predictions=[f"results/predictions/{t}/{m}.csv" for t in TASKS for m in METHODS],
     log:

@@ -14,7 +14,7 @@ with log_errors(snakemake.log[0]) as log:
     model = TrainedNDP.load(snakemake.input.model)
     frame = TaskFrame.fit(task, tuple(p.x_range), p.sample["y_scale_min"])
     seed = task_seed(p.seed, task.name)
-    expert = expert_from_dataset(xr.open_zarr(snakemake.input.expert))
+    expert = expert_from_dataset(xr.open_zarr(snakemake.input.expert), p.sample["lost_mass"], p.sample["expert_temperature"])
     n = p.sample["n_samples"]
     ndp = sample_task(model, task, frame, n, p.sampler, seed)
     llm_ndp = sample_task(model, task, frame, n, p.sampler, seed, expert=expert, expert_weight=p.sample["expert_weight"])
