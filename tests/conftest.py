@@ -80,3 +80,14 @@ def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- end LLM expert fixtures ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread is fastest and immune to an oversubscribed machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

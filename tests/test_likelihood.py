@@ -14,13 +14,7 @@ from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 LS, NOISE = 0.5, 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is fastest and immune to an oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 KERNEL = Kernel("se", lengthscale=LS)
 
 

@@ -80,8 +80,9 @@ def sample_task(
     """Joint samples (S, m) at the task's targets in data units; with ``expert``: LLM-NDP.
 
     ``sampler`` is the config's ``sampler`` section (solver, steps, t0, noise_std in the task
-    frame's y units, jacobian; ``method: smc`` draws LLM-NDP by :func:`llmflow.smc.sample_smc`). The same seed gives the same start noise for both methods, so
-    their difference is the expert's effect alone.
+    frame's y units, jacobian; ``method: smc`` draws LLM-NDP by :func:`llmflow.smc.sample_smc`).
+    The same seed gives the same start noise for both methods, so their difference is the
+    expert's effect alone.
     """
     extra = None
     if expert is not None:
