@@ -1,6 +1,5 @@
 """Training: loss goes down, checkpoints resume bit-identically, outputs are written."""
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
