@@ -39,8 +39,7 @@ def main() -> None:
     table = run_gp_oracle(
         model,
         OracleConfig(**config["bench"]["gp_oracle"]),
-        # The NDP rows use the guided ODE; sampler.method/smc choose how LLM-NDP is drawn.
-        SamplerConfig(**{k: v for k, v in config["sampler"].items() if k not in ("method", "smc")}),
+        SamplerConfig.from_config(config["sampler"]),
         mixture_shards=args.mixture,
         seed=int(config["seed"]),
         log=print,

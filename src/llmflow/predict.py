@@ -84,35 +84,17 @@ def sample_task(
     The same seed gives the same start noise for both methods, so their difference is the
     expert's effect alone.
     """
+    data = (frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None], n_samples)
+    common = dict(steps=sampler["steps"], t0=sampler["t0"], noise_std=sampler["noise_std"], jacobian=sampler["jacobian"],
+                  expert_weight=expert_weight, generator=torch.Generator().manual_seed(seed))
     extra = None
     if expert is not None:
         # data units → task frame → the network's own normalisation; float32 like the network
         framed = expert.affine(frame.y_shift, frame.y_scale).affine(model.norm.loc, model.norm.scale).to(torch.float32)
         extra = framed.score
         if sampler["method"] == "smc":
-            out = sample_smc(
-                model, frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None],
-                n_samples, expert=framed, expert_weight=expert_weight, steps=sampler["steps"], t0=sampler["t0"],
-                noise_std=sampler["noise_std"], jacobian=sampler["jacobian"], generator=torch.Generator().manual_seed(seed),
-                **sampler["smc"],
-            )
-            return frame.y_back(out.y_tgt[0])
-    out = sample(
-        model,
-        frame.x(task.x_context)[None],
-        frame.y(task.y_context)[None],
-        frame.x(task.x_target)[None],
-        n_samples,
-        solver=sampler["solver"],
-        steps=sampler["steps"],
-        t0=sampler["t0"],
-        noise_std=sampler["noise_std"],
-        jacobian=sampler["jacobian"],
-        extra_score=extra,
-        expert_weight=expert_weight,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return frame.y_back(out.y_tgt[0])
+            return frame.y_back(sample_smc(model, *data, expert=framed, **common, **sampler["smc"]).y_tgt[0])
+    return frame.y_back(sample(model, *data, solver=sampler["solver"], extra_score=extra, **common).y_tgt[0])
 
 
 def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: dict, seed: int) -> np.ndarray:

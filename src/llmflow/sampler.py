@@ -29,7 +29,7 @@ extra score is called with model-unit ŷ and must return a gradient in model uni
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -228,3 +228,9 @@ class SamplerConfig:
     noise_std: float = 0.05
     jacobian: str = "free"
     batch_size: int = 4096
+
+    @classmethod
+    def from_config(cls, section: dict) -> SamplerConfig:
+        """The ODE settings of ``config["sampler"]``; ``method``/``smc`` only choose how LLM-NDP
+        is drawn (:mod:`llmflow.predict`), so they are not part of it."""
+        return cls(**{f.name: section[f.name] for f in fields(cls) if f.name in section})

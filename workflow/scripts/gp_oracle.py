@@ -11,9 +11,7 @@ from llmflow.train import resolve_device
 with log_errors(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
     model = TrainedNDP.load(snakemake.input.model, resolve_device(snakemake.params.device))
-    # The NDP rows use the guided ODE; sampler.method/smc choose how LLM-NDP is drawn.
-    ode = {k: v for k, v in snakemake.params.sampler.items() if k not in ("method", "smc")}
-    table = run_gp_oracle(model, OracleConfig(**snakemake.params.bench), SamplerConfig(**ode),
+    table = run_gp_oracle(model, OracleConfig(**snakemake.params.bench), SamplerConfig.from_config(snakemake.params.sampler),
                           mixture_shards=snakemake.input.mixture, seed=snakemake.params.seed, log=log.info)
     write_table(table, snakemake.output.csv, snakemake.output.table)
     log.info("GP-oracle benchmark (per target, nats):\n%s", format_table(table))
