@@ -56,6 +56,11 @@ def test_sha_mismatch_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ValueError, match="SHA-256"):
         llm.materialise("gemma3-270m", tmp_path / "gemma3-270m")
     assert list(tmp_path.iterdir()) == []  # no model folder, no temporary left behind
+    # a killed earlier attempt's half-written folder is removed by the next attempt
+    (tmp_path / ".tmp-99999-gemma3-270m" / "gguf").mkdir(parents=True)
+    with pytest.raises(ValueError, match="SHA-256"):
+        llm.materialise("gemma3-270m", tmp_path / "gemma3-270m")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])

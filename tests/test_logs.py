@@ -41,19 +41,22 @@ def test_failed_job_ends_its_log_with_the_error(workflow_copy: Path):
     assert not (workflow_copy / "results/bench/gp_oracle.csv").exists()
 
 
-def test_torch_jobs_run_deterministic_kernels(tmp_path: Path):
+def test_torch_jobs_run_deterministic_kernels_on_the_rules_threads(tmp_path: Path):
     import torch
 
     from llmflow.logs import log_errors
 
-    before = torch.are_deterministic_algorithms_enabled()
+    before, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(False)
     try:
-        with log_errors(str(tmp_path / "job.log")):
-            assert torch.are_deterministic_algorithms_enabled()
-            # enforced on CPU; on CUDA a warning where no deterministic kernel exists
-            assert torch.is_deterministic_algorithms_warn_only_enabled() == torch.cuda.is_available()
+        for wanted in (1, 3):  # the rule's threads, whatever torch had
+            with log_errors(str(tmp_path / "job.log"), threads=wanted):
+                assert torch.are_deterministic_algorithms_enabled()
+                # enforced on CPU; on CUDA a warning where no deterministic kernel exists
+                assert torch.is_deterministic_algorithms_warn_only_enabled() == torch.cuda.is_available()
+                assert torch.get_num_threads() == wanted
     finally:
         torch.use_deterministic_algorithms(before)
+        torch.set_num_threads(threads)
     first = (tmp_path / "job.log").read_text().splitlines()[0]
     assert re.search(r"INFO llmflow: host \S+, SLURM job \S+, CUDA_VISIBLE_DEVICES=\S+$", first), first

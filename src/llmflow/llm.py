@@ -17,11 +17,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from llmflow.io import atomic_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -125,14 +126,14 @@ def materialise(name: str, dest: str | os.PathLike) -> Path:
     if dest.exists():
         raise FileExistsError(f"{dest} exists but is not a complete materialised model; remove it")
     parts = _part_paths(entry)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
-    try:
+    # Built in a temporary sibling (a killed run's leftover is removed on the next attempt).
+    with atomic_path(dest) as out:
+        out.mkdir()
         if len(parts) == 1:
             gguf_dir, gguf_file = parts[0].parent, parts[0].name
             digest = _sha256(parts)
         else:
-            gguf_dir, gguf_file = tmp / "gguf", "model.gguf"
+            gguf_dir, gguf_file = out / "gguf", "model.gguf"
             gguf_dir.mkdir()
             digest = _sha256(parts, gguf_dir / gguf_file)
         if digest != entry.sha256:
@@ -148,15 +149,13 @@ def materialise(name: str, dest: str | os.PathLike) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        out = tmp / "hf"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        if gguf_dir.parent == out:
+            shutil.rmtree(gguf_dir)
         meta = {"name": name, "description": entry.description, "license": entry.license,
                 "gguf_sha256": digest}
         (out / MARKER).write_text(json.dumps(meta, indent=1))
-        os.replace(out, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

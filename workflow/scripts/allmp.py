@@ -8,7 +8,7 @@ from llmflow.llm import choose_device, load_model, model_label
 from llmflow.logs import log_errors
 from llmflow.tasks import task_seed
 
-with log_errors(snakemake.log[0]) as log:
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     llm_cfg = snakemake.params.llm
     expert_cfg = ExpertConfig.from_config(snakemake.params.expert)
     base = SamplerConfig.from_config(snakemake.params.allmp)

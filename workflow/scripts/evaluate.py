@@ -8,7 +8,7 @@ from llmflow.io import write_file
 from llmflow.logs import log_errors
 from llmflow.tasks import Task
 
-with log_errors(snakemake.log[0]) as log:
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     rows = []
     for i, name in enumerate(snakemake.params.tasks):
         task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))

@@ -4,7 +4,7 @@ from llmflow.expert import ExpertConfig, run_cached, task_expert
 from llmflow.llm import choose_device, load_model, model_label
 from llmflow.logs import log_errors
 
-with log_errors(snakemake.log[0]) as log:
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     llm_cfg, cfg = snakemake.params.llm, ExpertConfig.from_config(snakemake.params.expert)
     device = choose_device(llm_cfg["device"], shard=int(snakemake.params.shard))
     model, tokenizer = load_model(llm_cfg["model"], dtype=llm_cfg["dtype"], device=device)

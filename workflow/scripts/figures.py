@@ -11,7 +11,7 @@ from llmflow.ndp import TrainedNDP
 from llmflow.predict import unconditional_samples
 from llmflow.tasks import Task
 
-with log_errors(snakemake.log[0]) as log:
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     p = snakemake.params
 
     def load(name):

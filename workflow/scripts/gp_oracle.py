@@ -1,15 +1,12 @@
 """Rule `gp_oracle`: the GP-oracle benchmark table (CSV + aligned text)."""
 
-import torch
-
 from llmflow.logs import log_errors
 from llmflow.oracle import OracleConfig, format_table, run_gp_oracle, write_table
 from llmflow.ndp import TrainedNDP
 from llmflow.sampler import SamplerConfig
 from llmflow.train import resolve_device
 
-with log_errors(snakemake.log[0]) as log:
-    torch.set_num_threads(snakemake.threads)
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     model = TrainedNDP.load(snakemake.input.model, resolve_device(snakemake.params.device))
     table = run_gp_oracle(model, OracleConfig(**snakemake.params.bench), SamplerConfig.from_config(snakemake.params.sampler),
                           mixture_shards=snakemake.input.mixture, seed=snakemake.params.seed, log=log.info)

@@ -4,7 +4,7 @@ from llmflow.io import write_zarr
 from llmflow.logs import log_errors
 from llmflow.prior import PriorConfig, make_shard, prior_config_json
 
-with log_errors(snakemake.log[0]) as log:
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     section = snakemake.params.prior
     seed = snakemake.params.seed
     ds = make_shard(

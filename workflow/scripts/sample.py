@@ -8,7 +8,7 @@ from llmflow.ndp import TrainedNDP
 from llmflow.predict import TaskFrame, expert_from_dataset, sample_task, samples_dataset
 from llmflow.tasks import Task, task_seed
 
-with log_errors(snakemake.log[0]) as log:
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     p = snakemake.params
     task = Task.from_dataset(xr.open_zarr(snakemake.input.task))
     model = TrainedNDP.load(snakemake.input.model)

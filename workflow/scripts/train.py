@@ -1,13 +1,10 @@
 """Rule `train`: train (or resume) the NDP and write model.pt and its training curve."""
 
-import torch
-
 from llmflow.logs import log_errors
 from llmflow.ndp import NDPConfig
 from llmflow.train import train_config_from, run_training
 
-with log_errors(snakemake.log[0]) as log:
-    torch.set_num_threads(snakemake.threads)
+with log_errors(snakemake.log[0], snakemake.threads) as log:
     cfg = train_config_from(snakemake.params.train, snakemake.params.seed)
     model_cfg = NDPConfig(x_dim=snakemake.params.x_dim, **snakemake.params.ndp)
     log.info("training %s with %s on device=%s", model_cfg, cfg, snakemake.params.device)
