@@ -8,7 +8,8 @@ rounds, median of each) so machine noise hits both alike. Without ``--model`` a 
 initialised NDP of the configured size is timed (the cost does not depend on the weights);
 without ``--expert`` every target gets ``--bins`` bins of width 0.01 (a typical I-LLMP store at
 threshold 1e-3 has a few hundred). Ends with one line ``overhead=<float>`` (LLM-NDP time / NDP
-time; the goal is ≤ 1.10).
+time; the goal is ≤ 1.10). The expert is tempered and its lost mass handled as the config's
+``sample`` section says, as in the sample stage.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--bins", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     config = yaml.safe_load(open(args.config))
     validate_config(config)
@@ -61,11 +64,12 @@ def main() -> None:
         model = TrainedNDP(net, YNormalisation())
     if args.expert:
         store = xr.open_zarr(args.expert).load()
-        expert = BinnedExpert.from_datasets([store] * args.tasks)
+        expert = BinnedExpert.from_datasets([store] * args.tasks, lost=config["sample"]["lost_mass"])
         args.targets = store.sizes["target"]
     else:
         expert = synthetic_bins(args.tasks, args.targets, args.bins, rng)
-    expert = expert.to(torch.float32)  # as the sample stage runs it
+    # as the sample stage runs it (predict.expert_from_dataset, then float32)
+    expert = expert.temper(config["sample"]["expert_temperature"]).to(torch.float32)
 
     x_ctx = rng.uniform(-2, 2, (args.tasks, args.context, 1))
     y_ctx = np.sin(3 * x_ctx[..., 0])

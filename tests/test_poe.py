@@ -8,6 +8,7 @@ import torch
 from scipy import stats
 
 from llmflow.ndp import TrainedNDP, YNormalisation
+from llmflow import poe
 from llmflow.poe import BinnedExpert, log_normal_cdf_diff
 from llmflow.sampler import sample
 
@@ -155,3 +156,78 @@ def test_lost_mass_renormalised_or_flat():
     np.testing.assert_allclose(flat.log_prob[0, 0, :2].exp(), [0.3, 0.3])
     with pytest.raises(ValueError, match="lost"):
         BinnedExpert.from_datasets([ds], lost="drop")
+
+
+def real_like_expert(lost: str = "renormalise") -> BinnedExpert:
+    """Bins of widths 1, 0.1 and 0.01 with gaps and empty bins, tempered as the sample stage does."""
+    import xarray as xr
+
+    parts = [np.arange(-6.0, -2.0, 1.0), np.arange(-1.5, 0.0, 0.1), np.arange(0.0, 1.0, 0.01),
+             np.arange(1.0, 2.0, 0.1), np.arange(3.0, 5.0, 1.0)]
+    widths = [1.0, 0.1, 0.01, 0.1, 1.0]
+    lower = np.concatenate(parts)
+    upper = np.concatenate([p + w for p, w in zip(parts, widths)])
+    rng = np.random.default_rng(1)
+    logp = rng.normal(size=(2, len(lower))) * 2 - 8 * ((lower - 0.5) / 3) ** 2
+    logp[:, rng.choice(len(lower), 20, replace=False)] = -np.inf
+    ds = xr.Dataset({"lower": (("target", "bin"), np.stack([lower, lower + 0.3])),
+                     "upper": (("target", "bin"), np.stack([upper, upper + 0.3])),
+                     "logp": (("target", "bin"), logp), "lost_mass": (("target",), np.array([0.1, 0.3]))})
+    return BinnedExpert.from_datasets([ds], lost=lost).temper(0.25)
+
+
+def t_of_r(r: float) -> float:
+    """The flow time whose posterior std is r (inverse of sqrt(posterior_var))."""
+    return 1.0 / (1.0 + r / math.sqrt(1.0 - r * r)) if r < 1 else 0.0
+
+
+def probe_points(expert: BinnedExpert, r: float, n: int = 800) -> torch.Tensor:
+    """(n + 1605, M): draws from q̃_r (where the sampler's ŷ lie), a grid, far tails."""
+    rng = np.random.default_rng(2)
+    p = expert.log_prob[0].exp().numpy()
+    draws = []
+    for m in range(p.shape[0]):
+        b = rng.choice(p.shape[1], n, p=p[m] / p[m].sum())
+        lo, hi = expert.lower[0, m, b].numpy(), expert.upper[0, m, b].numpy()
+        draws.append(lo + rng.uniform(size=n) * (hi - lo) + r * rng.normal(size=n))
+    grid = torch.cat([torch.linspace(-8, 8, 1601), torch.tensor([-60.0, -20.0, 15.0, 40.0])])
+    return torch.cat([torch.tensor(np.stack(draws, 1)), grid[:, None].repeat(1, p.shape[0])]).float()
+
+
+def fast_errors(expert: BinnedExpert, r: float, cells=None) -> tuple[np.ndarray, np.ndarray]:
+    """(|fast − exact| · r / (1 + |exact| r), trusted) of the fast path alone at probe points;
+    the first 800 rows are draws from q̃_r."""
+    y = probe_points(expert, r)
+    task = torch.zeros(len(y), dtype=torch.long)
+    exact = expert.grad_log_density(y.double(), task, r)
+    fast, trusted = (cells or expert.to(torch.float32).hermite_cells(r)).score(y, task)
+    return ((fast.double() - exact).abs() * r / (1 + exact.abs() * r)).numpy(), trusted.numpy()
+
+
+@pytest.mark.parametrize("lost", ["renormalise", "flat"])
+@pytest.mark.parametrize("r", [1e-3, 3e-3, 0.01, 0.04, 0.1, 0.3, 1.0, 3.0])
+def test_fast_score_matches_the_exact_path(r, lost):
+    expert = real_like_expert(lost)
+    if r >= 0.01:  # the fast path alone really carries the bulk of the samples
+        err, trusted = fast_errors(expert, r)
+        assert trusted[:800].mean() > 0.95 and err[trusted].max() < 1e-3
+    if r > 1:  # beyond the sampler's r_t ≤ 1
+        return
+    y = probe_points(expert, r)
+    task = torch.zeros(len(y), dtype=torch.long)
+    exact = expert.grad_log_density(y.double(), task, r)
+    got = expert.score(t_of_r(r), y.double(), task)  # fast path in float32, exact path as given
+    assert torch.isfinite(got).all() and torch.isfinite(expert.to(torch.float32).score(t_of_r(r), y, task)).all()
+    err = (got - exact).abs() * r / (1 + exact.abs() * r)
+    assert err.max() < 1e-3, err.max()
+    assert (got[-4:, 0] * torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64) > 0).all()  # towards the mass
+
+
+def test_fast_score_detects_a_wrong_level_or_window(monkeypatch):
+    expert = real_like_expert()
+    r = 0.1
+    err, trusted = fast_errors(expert, r, cells=expert.to(torch.float32).hermite_cells(1.5 * r))
+    assert err[trusted].max() > 1e-2
+    monkeypatch.setattr(poe.HermiteCells, "half_window", staticmethod(lambda: 1))
+    err, trusted = fast_errors(expert, r)
+    assert err[trusted].max() > 1e-2

@@ -7,9 +7,25 @@ At one target the I-LLMP density is piecewise constant: bins ``[a_b, b_b)`` with
     q̃_r(y) = Σ_b P_b / (b_b − a_b) · (Φ((b_b − y)/r) − Φ((a_b − y)/r)),
     d/dy q̃_r(y) = Σ_b P_b / (b_b − a_b) · (φ((a_b − y)/r) − φ((b_b − y)/r)) / r.
 
-Both are evaluated in log space: ``log(Φ(u) − Φ(l))`` from ``log Φ`` of the tail that keeps
+Exact path: both in log space, ``log(Φ(u) − Φ(l))`` from ``log Φ`` of the tail that keeps
 precision (differences of Φ deep in a tail underflow), and the derivative as two log-sum-exps
 (the φ(a) and φ(b) parts) divided by q̃. Bins of probability 0 and padding drop out as −inf.
+It costs O(bins) transcendentals per sample and target.
+
+Fast path (:meth:`BinnedExpert.score`), a fast Gauss transform: cut the line into cells of
+width ``γ r`` (centres m_c) and expand the kernel about each centre in Hermite polynomials,
+``φ(u − s) = Σ_j s^j/j! He_j(u) φ(u)`` with ``u = (y − m_c)/r``, ``s = (x − m_c)/r``:
+
+    q̃_r(y) = (1/r) Σ_c φ(u_c) Σ_{j≤p} A_cj He_j(u_c),
+    d/dy q̃_r(y) = −(1/r²) Σ_c φ(u_c) Σ_{j≤p} A_cj He_{j+1}(u_c),
+    A_cj = (1/j!) ∫_cell f(x) s^j dx   (closed form: f is piecewise constant).
+
+Only the cells within ``K r`` of y enter, so a sample costs O((2K/γ + 1)·p) whatever the bins.
+Each sample and target carries a bound on what was left out (Cramér's ``|He_j(u)| ≤ 1.09
+√(j!) e^{u²/4}`` for the orders above p, the mass beyond K r, rounding of the cell densities);
+where it is not below ``FGT_TOLERANCE`` × q̃ (far tails, gaps, densities below float range)
+the exact path is used instead, so the score's error stays below about ``FGT_TOLERANCE ·
+(1 + |score|·r) / r`` everywhere. The cells are rebuilt per call (O(targets × bins × p)).
 No gradient of the LLM is taken: the bins are data.
 
 Bins live in the data's units; :meth:`BinnedExpert.affine` maps them into the NDP's model units
@@ -21,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -33,6 +50,14 @@ LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 LOST_MASS = ("renormalise", "flat")
 # (rows × targets × bins) elements evaluated at once by the expert: a few MB of temporaries.
 ROW_CHUNK_ELEMENTS = 1 << 19
+# Fast Gauss transform: Hermite order p, cell width γ (units of r), window half-width K (units
+# of r), the accepted bound on the left-out part relative to q̃, and the most cells per target
+# (smaller r: exact path).
+FGT_ORDER = 9
+FGT_CELL = 1.0
+FGT_WINDOW = 6.0
+FGT_TOLERANCE = 1e-4
+FGT_MAX_CELLS = 4096
 
 
 def log1mexp(x: Tensor) -> Tensor:
@@ -51,6 +76,84 @@ def log_normal_cdf_diff(lo: Tensor, hi: Tensor) -> Tensor:
 
 def log_normal_pdf(z: Tensor) -> Tensor:
     return -0.5 * z**2 - LOG_SQRT_2PI
+
+
+def exact_grad_log_q(lo: Tensor, hi: Tensor, coef: Tensor, y: Tensor, r: float) -> Tensor:
+    """The exact path: ``d/dy log q̃_r(y)`` in log space; bins lo, hi, log_coef (..., B), y
+    (..., 1) broadcasting against them → (...)."""
+    z_lo, z_hi = (lo - y) / r, (hi - y) / r
+    log_q = torch.logsumexp(coef + log_normal_cdf_diff(z_lo, z_hi), dim=-1)
+    rise = torch.logsumexp(coef + log_normal_pdf(z_lo), dim=-1)
+    fall = torch.logsumexp(coef + log_normal_pdf(z_hi), dim=-1)
+    return (torch.exp(rise - log_q) - torch.exp(fall - log_q)) / r
+
+
+def hermite_to_monomial(order: int) -> Tensor:
+    """H (p+1, p+1) float64 with ``He_j(u) = Σ_i H[j, i] u^i`` (probabilists' Hermite)."""
+    h = torch.zeros(order + 1, order + 1, dtype=torch.float64)
+    h[0, 0] = 1.0
+    if order:
+        h[1, 1] = 1.0
+    for j in range(1, order):  # He_{j+1} = u He_j − j He_{j−1}
+        h[j + 1, 1:] = h[j, :-1]
+        h[j + 1] -= j * h[j - 1]
+    return h
+
+
+@dataclass(frozen=True)
+class HermiteCells:
+    """The fast-path form of an expert at one r: per target, uniform cells of width γ r.
+
+    origin (T, M): left end of the first real cell in y units (float32-exact); coef (T, M, C,
+    p+2): per cell the polynomial ``P_c(u) = Σ_j A_cj He_j(u)`` of the module docstring as
+    monomial coefficients ``u^0 … u^p``, then the cell's mass A_c0, for the expert's density
+    scaled to a maximum of 1 per target; ``2w + 1`` empty cells pad both ends (cell c starts at
+    ``origin + (c − 2w − 1)·γ r``). floor (T, M): bound on the mass beyond K r and the rounding
+    of cell densities, in the units of ``Q = Σ_c e^{−u_c²/2} P_c(u_c)`` (``q̃ = Q/(r √(2π))``).
+    """
+
+    r: float
+    origin: Tensor
+    coef: Tensor
+    floor: Tensor
+
+    @staticmethod
+    def half_window() -> int:
+        """w: cells on each side of the sample's cell that enter its sum (they cover K r)."""
+        return math.ceil(FGT_WINDOW / FGT_CELL)
+
+    @staticmethod
+    def truncation() -> float:
+        """ε with |left-out orders of Q or of its derivative| ≤ ε Σ_c A_c0 e^{−u_c²/4}: Cramér's
+        bound on the orders above p, plus float32 rounding of the monomial form."""
+        half, p = FGT_CELL / 2, FGT_ORDER
+        return 2.18 * half ** (p + 1) * math.sqrt(p + 2) / math.sqrt(math.factorial(p + 1)) + 3e-6
+
+    def score(self, y: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
+        """(d/dy log q̃_r(y), trusted), both (N, M), for y (N, M) of tasks ``task`` (N,); the
+        score is only meaningful where ``trusted``: left-out part ≤ FGT_TOLERANCE · q̃."""
+        w = self.half_window()
+        n_tgt, n_cells, width = y.shape[1], self.coef.shape[2], self.coef.shape[3]
+        offsets = torch.arange(-w, w + 1, device=y.device)  # (W,)
+        v = (y.float() - self.origin[task]) / (FGT_CELL * self.r)  # position in cells (N, M)
+        cell = torch.clamp(torch.floor(v), -w - 1, n_cells - 3 * w - 2) + (2 * w + 1)  # padded index
+        # each sample's window is one contiguous block of W cells × (p+2) coefficients
+        n_windows = self.coef.numel() // width - len(offsets) + 1
+        windows = self.coef.view(-1).as_strided((n_windows, len(offsets) * width), (width, 1))
+        first = (task[:, None] * n_tgt + torch.arange(n_tgt, device=y.device)) * n_cells + cell.long() - w
+        a = windows[first].view(*y.shape, len(offsets), width).permute(3, 0, 1, 2)  # (p+2, N, M, W)
+        u = (v - cell + 2 * w + 0.5)[..., None] * FGT_CELL - offsets * FGT_CELL  # (N, M, W)
+        poly, slope = a[width - 2], torch.zeros_like(u)  # Horner for P_c and P_c'
+        for i in range(width - 3, -1, -1):
+            slope = torch.addcmul(poly, slope, u)
+            poly = torch.addcmul(a[i], poly, u)
+        e4 = torch.exp(-0.25 * u * u)
+        e2 = e4 * e4
+        q = (e2 * poly).sum(-1)
+        # d/du [e^{−u²/2} P(u)] = −e^{−u²/2} (u P − P')
+        dq = (e2 * (u * poly - slope)).sum(-1)
+        bound = self.truncation() * (a[width - 1] * e4).sum(-1) + self.floor[task]
+        return -dq / (self.r * q), q * FGT_TOLERANCE > bound
 
 
 @dataclass(frozen=True)
@@ -166,20 +269,95 @@ class BinnedExpert:
         return self._by_task(y, task, one)
 
     def grad_log_density(self, y: Tensor, task: Tensor, r: float) -> Tensor:
-        """``d/dy log q̃_r(y)``; y (N, M), task (N,), r > 0. Returns (N, M) in y's dtype."""
+        """Exact ``d/dy log q̃_r(y)``; y (N, M), task (N,), r > 0. Returns (N, M) in y's dtype."""
+        return self._by_task(y, task, lambda lo, hi, coef, yy: exact_grad_log_q(lo, hi, coef, yy, r)).to(y.dtype)
 
-        def one(lo: Tensor, hi: Tensor, coef: Tensor, yy: Tensor) -> Tensor:
-            z_lo, z_hi = (lo - yy) / r, (hi - yy) / r
-            log_q = torch.logsumexp(coef + log_normal_cdf_diff(z_lo, z_hi), dim=-1)
-            rise = torch.logsumexp(coef + log_normal_pdf(z_lo), dim=-1)
-            fall = torch.logsumexp(coef + log_normal_pdf(z_hi), dim=-1)
-            return (torch.exp(rise - log_q) - torch.exp(fall - log_q)) / r
+    @cached_property
+    def jumps(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The density as jumps at distinct edges, for the fast path (computed once, float64).
 
-        return self._by_task(y, task, one).to(y.dtype)
+        Returns edges, jumps (T, M, E) with ``f(y) = Σ_{e_k ≤ y} Δ_k`` scaled to a maximum of 1
+        per target (unused slots: Δ = 0 at the first edge), and the span start, end (T, M) of
+        the bins with mass (start float32-exact; 0 for a target without mass).
+        """
+        lower, upper, log_coef = self.lower.double(), self.upper.double(), self.log_coef.double()
+        live = torch.isfinite(log_coef)
+        top = log_coef.amax(-1, keepdim=True)
+        dens = torch.exp(log_coef - torch.where(torch.isfinite(top), top, 0.0))
+        start = torch.where(live, lower, math.inf).amin(-1)
+        end = torch.where(live, upper, -math.inf).amax(-1)
+        start = torch.where(torch.isfinite(start), start, 0.0).float().double()
+        end = torch.where(torch.isfinite(end), end, start)
+        # +f at a lower edge, −f at an upper one; equal edges (adjacent bins) merge into one
+        live2 = live.repeat(1, 1, 2)
+        edges, order = torch.sort(torch.where(live2, torch.cat([lower, upper], -1), start[..., None]), -1)
+        jumps = torch.cat([dens, -dens], -1).gather(-1, order)
+        new = torch.ones_like(edges, dtype=torch.bool)
+        new[..., 1:] = edges[..., 1:] != edges[..., :-1]
+        group = torch.cumsum(new, -1) - 1
+        n = int(group.max().item()) + 1
+        merged = torch.zeros(*edges.shape[:2], n, dtype=torch.float64).scatter_add_(-1, group, jumps)
+        at = start[..., None].expand(*edges.shape[:2], n).clone().scatter_(-1, group, edges)
+        return at, merged, start, end
+
+    def hermite_cells(self, r: float) -> HermiteCells | None:
+        """The expert's cells at r (module docstring), None when a target would need more than
+        ``FGT_MAX_CELLS`` cells (small r: the exact path is cheap enough there)."""
+        h, half = FGT_CELL * r, FGT_CELL / 2
+        edges, jumps, start, end = self.jumps
+        n_real = int(torch.ceil((end - start) / h).max().item()) + 1
+        if n_real > FGT_MAX_CELLS:
+            return None
+        pos = (edges - start[..., None]) * (1.0 / h)
+        cell = torch.clamp(torch.floor(pos), 0, n_real - 1)
+        s_edge = (pos - cell - 0.5) * FGT_CELL  # (e − m_c)/r ∈ [−γ/2, γ/2]
+        power = torch.arange(1, FGT_ORDER + 2, dtype=torch.float64)  # j + 1
+        inv_fact = r * torch.exp(-torch.lgamma(power + 1))  # r / (j + 1)!
+        # ∫_e^{R_c} Δ s^j dx / j! = Δ r (s_R^{j+1} − s_e^{j+1}) / (j + 1)!
+        s_pow = s_edge[..., None].expand(*s_edge.shape, FGT_ORDER + 1).cumprod(-1)
+        per_edge = (half**power * inv_fact - s_pow * inv_fact) * jumps[..., None]
+        shape = (*edges.shape[:2], n_real)
+        index = cell.long()
+        moments = torch.zeros(*shape, FGT_ORDER + 1, dtype=torch.float64)
+        moments.scatter_add_(2, index[..., None].expand_as(per_edge), per_edge)
+        step = torch.zeros(shape, dtype=torch.float64).scatter_add_(2, index, jumps)
+        left = torch.cumsum(step, -1) - step  # density at each cell's left end
+        moments += left[..., None] * ((half**power - (-half) ** power) * inv_fact)
+        coef = torch.cat([moments @ hermite_to_monomial(FGT_ORDER), moments[..., :1]], -1)
+        pad = 2 * HermiteCells.half_window() + 1
+        coef = torch.nn.functional.pad(coef, (0, 0, pad, pad))
+        # left-out mass beyond K r (in Q and its derivative) and cumulative-sum rounding of densities
+        rounding = 2.6 * r * 2.3e-16 * edges.shape[-1] * jumps.abs().sum(-1)
+        floor = moments[..., 0].sum(-1) * FGT_WINDOW * math.exp(-0.5 * FGT_WINDOW**2) + rounding
+        return HermiteCells(r, start.float(), coef.float(), floor.float())
 
     def score(self, t: float, yhat: Tensor, task: Tensor) -> Tensor:
         """The sampler's extra score: ``d/dy log q̃_{r_t}(ŷ)`` with ``r_t² = σ_t²/(σ_t² + α_t²)``.
 
-        Matches :data:`llmflow.sampler.ExtraScore`; yhat (N, M) in model units.
+        Matches :data:`llmflow.sampler.ExtraScore`; yhat (N, M) in model units. Fast path where
+        its bound holds, the exact log-space path for the remaining samples and targets.
         """
-        return self.grad_log_density(yhat, task, math.sqrt(posterior_var(t)))
+        r = math.sqrt(posterior_var(t))
+        cells = self.hermite_cells(r)
+        if cells is None:
+            return self.grad_log_density(yhat, task, r)
+        out = torch.empty(yhat.shape, dtype=torch.float32, device=yhat.device)
+        trusted = torch.empty(yhat.shape, dtype=torch.bool, device=yhat.device)
+        rows = max(1, ROW_CHUNK_ELEMENTS // (yhat.shape[1] * cells.coef.shape[-1] * (2 * cells.half_window() + 1)))
+        for start in range(0, len(yhat), rows):
+            chunk = slice(start, start + rows)
+            out[chunk], trusted[chunk] = cells.score(yhat[chunk], task[chunk])
+        row, col = torch.nonzero(~trusted, as_tuple=True)
+        if len(row):
+            out[row, col] = self.pair_grad_log_density(yhat[row, col], task[row], col, r).float()
+        return out.to(yhat.dtype)
+
+    def pair_grad_log_density(self, y: Tensor, task: Tensor, target: Tensor, r: float) -> Tensor:
+        """Exact ``d/dy log q̃_r(y)`` for single (task, target) pairs: y, task, target (K,) → (K,)."""
+        out = torch.empty(y.shape, dtype=self.lower.dtype, device=y.device)
+        chunk = max(1, ROW_CHUNK_ELEMENTS // self.lower.shape[2])
+        for s in range(0, len(y), chunk):
+            k, m = task[s:s + chunk], target[s:s + chunk]
+            out[s:s + chunk] = exact_grad_log_q(self.lower[k, m], self.upper[k, m], self.log_coef[k, m],
+                                                y[s:s + chunk, None].to(out.dtype), r)
+        return out
