@@ -1,5 +1,6 @@
 """The workflow as users run it: lint, dry runs, bad config, and the tiny end-to-end run."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,18 @@ def test_lint_is_clean(workflow_copy: Path):
 def test_slurm_profile_dry_run(workflow_copy: Path):
     result = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm-gpu")
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_allmp_tasks_limits_a_llmp_to_matching_tasks(workflow_copy: Path):
+    _break_config(workflow_copy, lambda c: c["allmp"].update(tasks=["text-*", "user-*"]))
+    result = snakemake(workflow_copy, "-n", "--forceall", "--configfile", "tests/config.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    sampled = set(re.findall(r"results/samples/([\w-]+)/a-llmp\.zarr", out))
+    assert sampled == {"text-zero_after_30", "user-temperature"}
+    exported = set(re.findall(r"results/predictions/([\w-]+)/a-llmp\.csv", out))
+    assert exported == sampled
+    assert "results/predictions/real-nile/llm-ndp.csv" in out  # the other methods stay
 
 
 def test_tiny_run_writes_every_task(tiny_run: Path):

@@ -72,6 +72,7 @@ def check_consistency(config: dict[str, Any]) -> None:
 
     Run after :func:`validate_config` (defaults filled in). Raises ConfigError naming the key.
     """
+    from llmflow.evaluate import allmp_tasks
     from llmflow.llm import EMBEDDED  # torch-heavy; the Snakefile imports it anyway
     from llmflow.tasks import task_names
 
@@ -93,6 +94,8 @@ def check_consistency(config: dict[str, Any]) -> None:
         fail("tasks", "declares no task")
     if config["figures"]["task"] not in names:
         fail("figures.task", f"{config['figures']['task']!r} is not one of the configured tasks")
+    if config["figures"]["task"] not in allmp_tasks([config["figures"]["task"]], config["allmp"]["tasks"]):
+        fail("allmp.tasks", f"no pattern matches figures.task {config['figures']['task']!r} (Fig. 1 and 2 draw its A-LLMP samples)")
     model = config["llm"]["model"]
     folder = Path(model).expanduser()
     if model not in EMBEDDED and not (folder / "config.json").is_file():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -13,6 +16,11 @@ from llmflow.tasks import Task
 
 SAMPLE_METHODS: tuple[str, ...] = ("ndp", "a-llmp", "llm-ndp")
 METHODS: tuple[str, ...] = ("ndp", "i-llmp", "a-llmp", "llm-ndp")
+
+
+def allmp_tasks(tasks: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The tasks A-LLMP samples: those matching any shell-style pattern (``allmp.tasks``)."""
+    return [t for t in tasks if any(fnmatchcase(t, p) for p in patterns)]
 
 
 def bins_from_dataset(ds: xr.Dataset) -> Bins:

@@ -150,8 +150,12 @@ def task_figure(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: st
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
     quant = {"i-llmp": bins.quantiles(LEVELS)} | {m: np.quantile(s, LEVELS, axis=0).T for m, s in samples.items()}
     for ax, method in zip(axes, ("ndp", "i-llmp", "a-llmp", "llm-ndp")):
-        _band(ax, x, quant[method], COLORS[method], method)
         _context(ax, task)
+        if method not in quant:  # A-LLMP runs on the tasks of allmp.tasks only
+            ax.text(0.5, 0.5, "not sampled\n(allmp.tasks)", transform=ax.transAxes, ha="center", va="center")
+            ax.set_title(method)
+            continue
+        _band(ax, x, quant[method], COLORS[method], method)
         if np.isfinite(task.y_target).any():
             ax.plot(x, task.y_target, "r.", ms=5, label="truth")
         ax.set_title(method)

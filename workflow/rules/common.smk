@@ -13,12 +13,23 @@ TASKS = task_names(config)
 TASK_STORES = [f"results/tasks/{task}.zarr" for task in TASKS]
 USER_CSVS = {f"user-{u['name']}": [u["csv"]] for u in config["tasks"]["user"]}
 
-from llmflow.evaluate import METHODS, SAMPLE_METHODS
+from llmflow.evaluate import METHODS, SAMPLE_METHODS, allmp_tasks
 from llmflow.llm import model_label
 
 MODEL_LABEL = model_label(config["llm"]["model"])
-# Tasks dealt round-robin over the expert jobs; one model load per job.
-EXPERT_SHARDS = {
-    k: TASKS[k :: config["expert"]["shards"]]
-    for k in range(min(config["expert"]["shards"], len(TASKS)))
+
+
+def shards(tasks):
+    """Tasks dealt round-robin over expert.shards jobs; one model load per job."""
+    n = config["expert"]["shards"]
+    return {k: tasks[k::n] for k in range(min(n, len(tasks)))}
+
+
+EXPERT_SHARDS = shards(TASKS)
+# A-LLMP samples only the tasks matching allmp.tasks (its cost on CPU: README, "Run time").
+ALLMP_TASKS = allmp_tasks(TASKS, config["allmp"]["tasks"])
+ALLMP_SHARDS = shards(ALLMP_TASKS)
+# Sample stores of each task: every sampling method, A-LLMP only where it ran.
+TASK_SAMPLES = {
+    t: [m for m in SAMPLE_METHODS if m != "a-llmp" or t in ALLMP_TASKS] for t in TASKS
 }

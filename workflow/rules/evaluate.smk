@@ -2,16 +2,19 @@ rule evaluate:
     """Metrics of every method on every task, the summary tables, and the predictions export."""
     input:
         tasks=TASK_STORES,
-        samples=[f"results/samples/{t}/{m}.zarr" for t in TASKS for m in SAMPLE_METHODS],
+        samples=[f"results/samples/{t}/{m}.zarr" for t in TASKS for m in TASK_SAMPLES[t]],
         experts=[f"results/expert/{MODEL_LABEL}/{t}.zarr" for t in TASKS],
     output:
         summary=report("results/metrics/summary.csv", category="Metrics"),
         table="results/metrics/summary.md",
-        predictions=[f"results/predictions/{t}/{m}.csv" for t in TASKS for m in METHODS],
+        predictions=[
+            f"results/predictions/{t}/{m}.csv" for t in TASKS for m in METHODS if m != "a-llmp" or t in ALLMP_TASKS
+        ],
     log:
         "logs/evaluate.log",
     params:
         tasks=TASKS,
+        methods=TASK_SAMPLES,
     conda:
         "../../envs/llmflow.yaml"
     script:
@@ -24,7 +27,7 @@ rule figures:
         model="results/ndp/model.pt",
         summary="results/metrics/summary.csv",
         tasks=TASK_STORES,
-        samples=[f"results/samples/{t}/{m}.zarr" for t in TASKS for m in SAMPLE_METHODS],
+        samples=[f"results/samples/{t}/{m}.zarr" for t in TASKS for m in TASK_SAMPLES[t]],
         experts=[f"results/expert/{MODEL_LABEL}/{t}.zarr" for t in TASKS],
     output:
         fig1=report("results/figures/fig1.png", category="Figures"),
@@ -35,6 +38,7 @@ rule figures:
         "logs/figures.log",
     params:
         tasks=TASKS,
+        methods=TASK_SAMPLES,
         figure_task=config["figures"]["task"],
         sampler=config["sampler"],
         x_range=config["prior"]["x_range"],

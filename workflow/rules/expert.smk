@@ -26,6 +26,10 @@ for _shard, _tasks in EXPERT_SHARDS.items():
         script:
             "../scripts/expert.py"
 
+
+# A-LLMP: the same sharding over the tasks it samples.
+for _shard, _tasks in ALLMP_SHARDS.items():
+
     rule:
         name:
             f"allmp_{_shard}"

@@ -3,7 +3,7 @@
 import pandas as pd
 import xarray as xr
 
-from llmflow.evaluate import SAMPLE_METHODS, bins_from_dataset, predictions, summary_markdown, task_rows
+from llmflow.evaluate import bins_from_dataset, predictions, summary_markdown, task_rows
 from llmflow.io import write_file
 from llmflow.logs import log_errors
 from llmflow.tasks import Task
@@ -12,7 +12,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     rows = []
     for i, name in enumerate(snakemake.params.tasks):
         task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
-        samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in SAMPLE_METHODS}
+        samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in snakemake.params.methods[name]}
         bins = bins_from_dataset(xr.open_zarr(snakemake.input.experts[i]))
         rows += task_rows(task, samples, bins)
         for method, frame in predictions(task, samples, bins).items():

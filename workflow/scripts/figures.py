@@ -5,7 +5,7 @@ import pandas as pd
 import xarray as xr
 
 from llmflow import plots
-from llmflow.evaluate import SAMPLE_METHODS, bins_from_dataset
+from llmflow.evaluate import bins_from_dataset
 from llmflow.logs import log_errors
 from llmflow.ndp import TrainedNDP
 from llmflow.predict import unconditional_samples
@@ -17,7 +17,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     def load(name):
         i = p.tasks.index(name)
         task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
-        samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in SAMPLE_METHODS}
+        samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in snakemake.params.methods[name]}
         return task, samples, bins_from_dataset(xr.open_zarr(snakemake.input.experts[i]))
 
     if p.figure_task not in p.tasks:
