@@ -205,6 +205,15 @@ def build_prompt(
     before the query (stable on ties). ``chat`` (:func:`chat_wrapper`) is required when
     ``style.chat``.
     """
+    return "".join(prompt_parts(x_context, y_context, x_query, text, style, chat))
+
+
+def prompt_parts(
+    x_context: np.ndarray, y_context: np.ndarray, x_query: np.ndarray, text: str, style: PromptStyle,
+    chat: Callable[[str], str] | None = None,
+) -> tuple[str, str]:
+    """:func:`build_prompt` in two parts: (instructions and context lines, up to and including
+    the last line's terminator; the rule line if any and the query)."""
     x_context = np.asarray(x_context, dtype=float).reshape(len(y_context), -1)
     x_query = np.asarray(x_query, dtype=float).reshape(-1)
     order = np.arange(len(y_context))
@@ -231,9 +240,9 @@ def build_prompt(
     if style.chat:
         if chat is None:
             raise ValueError("a chat prompt style needs the tokenizer's chat wrapper")
-        return f"{chat(instructions)}{lines}{query}"
+        return f"{chat(instructions)}{lines}", query
     head = f"{instructions}\n" if instructions else ""
-    return f"{head}{lines}{query}"
+    return f"{head}{lines}", query
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -327,11 +336,11 @@ def token_logprobs(logits: torch.Tensor, vocab: torch.Tensor, restricted: bool) 
     return picked - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
-def _forward_kwargs(model) -> dict[str, Any]:
-    # Only the last position's logits are needed; skipping the LM head elsewhere matters for
+def _forward_kwargs(model, keep: int = 1) -> dict[str, Any]:
+    # Only the last positions' logits are needed; skipping the LM head elsewhere matters for
     # large vocabularies (Gemma: 262k). Not every model's forward takes the argument.
     params = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return {"logits_to_keep": keep} if "logits_to_keep" in params else {}
 
 
 _HEAD_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -368,14 +377,20 @@ def rows_only(model) -> bool:
     return _HEAD_OK[model]
 
 
-def _last_logits(model, vocab: torch.Tensor | None, **inputs: Any) -> tuple[Any, torch.Tensor]:
-    """(KV cache, last-position logits): over the full vocabulary (B, V), or over ``vocab``
-    only (B, len(vocab)) when given (see :func:`rows_only`)."""
+def tail_logits(model, vocab: torch.Tensor | None, n: int, **inputs: Any) -> tuple[Any, torch.Tensor]:
+    """(KV cache, logits of the last ``n`` positions): over the full vocabulary (B, n, V), or
+    over ``vocab`` only (B, n, len(vocab)) when given (see :func:`rows_only`)."""
     if vocab is None:
-        out = model(**inputs, use_cache=True, **_forward_kwargs(model))
-        return out.past_key_values, out.logits[:, -1]
+        out = model(**inputs, use_cache=True, **_forward_kwargs(model, n))
+        return out.past_key_values, out.logits[:, -n:]
     out = model.base_model(**inputs, use_cache=True)
-    return out.past_key_values, _row_logits(model, out.last_hidden_state[:, -1], vocab)
+    return out.past_key_values, _row_logits(model, out.last_hidden_state[:, -n:], vocab)
+
+
+def _last_logits(model, vocab: torch.Tensor | None, **inputs: Any) -> tuple[Any, torch.Tensor]:
+    """(KV cache, last-position logits (B, V), or (B, len(vocab)) when ``vocab`` is given)."""
+    cache, logits = tail_logits(model, vocab, 1, **inputs)
+    return cache, logits[:, -1]
 
 
 def prefix_cache(model, prefix_ids: Sequence[int], vocab: torch.Tensor | None = None) -> tuple[Any, torch.Tensor]:
@@ -403,6 +418,14 @@ def extend_logits(model, cache: Any, suffix_ids: torch.Tensor, vocab: torch.Tens
     return _last_logits(model, vocab, input_ids=suffix_ids, past_key_values=batch_cache)[1]
 
 
+def vocab_logprobs(logits: torch.Tensor, vocab: torch.Tensor, restricted: bool, sliced: bool) -> np.ndarray:
+    """Log-probabilities (B, len(vocab)) of the ``vocab`` tokens from logits (B, V), or from
+    the logits of the ``vocab`` rows only (B, len(vocab)) when ``sliced`` (restricted softmax)."""
+    if sliced:
+        return torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
+    return token_logprobs(logits, vocab, restricted).cpu().numpy()
+
+
 class Scorer:
     """Next-token log-probabilities over a vocabulary after ``shared + path``, for many paths."""
 
@@ -418,9 +441,7 @@ class Scorer:
         self.n_positions = len(shared_ids)
 
     def _logprobs(self, logits: torch.Tensor) -> np.ndarray:
-        if self.rows is not None:  # logits are already the vocab columns
-            return torch.log_softmax(logits.double(), dim=-1).cpu().numpy()
-        return token_logprobs(logits, self.vocab, self.restricted).double().cpu().numpy()
+        return vocab_logprobs(logits, self.vocab, self.restricted, self.rows is not None)
 
     def __call__(self, paths: Sequence[Sequence[int]]) -> np.ndarray:
         """Rows (len(paths), len(vocab)); paths of equal length are batched without padding."""
@@ -837,5 +858,6 @@ __all__ = [
     "Bins", "ExpertConfig", "Scorer", "allowed_units", "first_unit_logprobs",
     "next_unit_logprobs", "NumberTokens", "PromptStyle", "STYLES", "UNITS", "binned_distribution",
     "build_prompt", "chat_wrapper", "check_context", "prepare_text", "default_int_digits", "format_number", "number_interval", "number_tokens",
+    "prompt_parts", "tail_logits", "vocab_logprobs",
     "prompt_style", "run_cached", "score_strings", "task_expert", "token_logprobs",
 ]
