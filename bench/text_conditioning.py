@@ -84,6 +84,10 @@ VARIANTS: dict[str, Variant] = {
     "gemma best, λ=1, T=0.25": Variant(G, BEST, {"expert_temperature": 0.25}),
     "gemma best, λ=4, T=0.25": Variant(G, BEST, {"expert_weight": 4.0, "expert_temperature": 0.25}),
     "gemma best, lost flat": Variant(G, BEST, {**POE, "lost_mass": "flat"}),
+    # the expert's weight fading near the context points (sample.expert_fade, NDP x units)
+    "gemma best, fade 0.25": Variant(G, BEST, {**POE, "expert_fade": 0.25}),
+    "gemma best, fade 0.5": Variant(G, BEST, {**POE, "expert_fade": 0.5}),
+    "gemma best, fade 1": Variant(G, BEST, {**POE, "expert_fade": 1.0}),
     # the smaller model
     "smollm2 naive": Variant(S, NAIVE, POE),
     "smollm2 best prompt": Variant(S, BEST, POE),
@@ -146,7 +150,8 @@ def evaluate(name: str, variant: Variant, config: dict, ndp: TrainedNDP, tasks: 
         ys = {
             "ndp": sample_task(ndp, task, frame, n_samples, config["sampler"], seed),
             "llm-ndp": sample_task(ndp, task, frame, n_samples, config["sampler"], seed,
-                                   expert=bins, expert_weight=sample_cfg["expert_weight"]),
+                                   expert=bins, expert_weight=sample_cfg["expert_weight"],
+                                   expert_fade=sample_cfg["expert_fade"]),
         }
         inside = mass_inside(ds, task.constraint_lo, task.constraint_hi)
         constrained = np.isfinite(task.constraint_lo) | np.isfinite(task.constraint_hi)

@@ -94,6 +94,41 @@ def test_extra_score_samples_the_product_of_experts(jacobian):
     assert set(torch.cat(calls).tolist()) == {0, 1}
 
 
+def test_expert_fade_leaves_targets_at_the_context_to_the_ndp():
+    # Independent N(0, 1) data, expert N(a, b²) at every target. Target 0 sits on the valid
+    # context point (x = 0, weight 0), target 1 far from it (weight 1): the first must stay
+    # N(0, 1), the second follow the product N(a / (1 + b²), b² / (1 + b²)). The masked-out
+    # context point at x = 8 must not fade target 1.
+    from llmflow.flow import posterior_var
+
+    a, b2 = 2.0, 0.5
+
+    def expert(t, yhat, task):
+        return (a - yhat) / (b2 + posterior_var(t))
+
+    x_ctx, y_ctx = torch.tensor([[[0.0], [8.0]]]), torch.tensor([[0.0, 0.0]])
+    x_tgt = torch.tensor([[[0.0], [8.0]]])
+    s = sample(_model(GaussianField()), x_ctx, y_ctx, x_tgt, 10000, ctx_mask=torch.tensor([[True, False]]),
+               solver="heun", steps=60, noise_std=10.0, jacobian="exact", extra_score=expert,
+               expert_weight=1.0, expert_fade=1.0, generator=torch.Generator().manual_seed(4))
+    np.testing.assert_allclose(s.y_tgt[0].mean(0), [0.0, a / (1 + b2)], atol=0.03)
+    np.testing.assert_allclose(s.y_tgt[0].var(0), [1.0, b2 / (1 + b2)], rtol=0.06)
+
+
+def test_expert_fade_factor():
+    from llmflow.sampler import expert_fade_factor
+
+    x_ctx = torch.tensor([[[0.0], [4.0]]])
+    x_tgt = torch.tensor([[[0.0], [1.0], [3.0], [20.0]]])
+    both = torch.tensor([[True, True]])
+    fade = expert_fade_factor(x_ctx, both, x_tgt, 2.0)[0].numpy()
+    np.testing.assert_allclose(fade, 1 - np.exp(-0.5 * (np.array([0.0, 1.0, 1.0, 16.0]) / 2.0) ** 2), rtol=1e-6)
+    only_first = expert_fade_factor(x_ctx, torch.tensor([[True, False]]), x_tgt, 2.0)[0].numpy()
+    np.testing.assert_allclose(only_first[2], 1 - np.exp(-0.5 * (3.0 / 2.0) ** 2), rtol=1e-6)
+    assert (expert_fade_factor(x_ctx, both, x_tgt, 0.0) == 1).all()
+    assert (expert_fade_factor(x_ctx, torch.tensor([[False, False]]), x_tgt, 2.0) == 1).all()
+
+
 def test_results_do_not_depend_on_batch_size():
     torch.manual_seed(0)
     x_tgt, y_ctx = torch.randn(3, 4, 1), torch.randn(3, 2)

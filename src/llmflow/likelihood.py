@@ -172,6 +172,15 @@ def log_density(
     return out
 
 
+def _valid_masks(
+    y_ctx: np.ndarray, y_tgt: np.ndarray, ctx_mask: np.ndarray | None, tgt_mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean context (T, n) and target (T, m) masks; None means every point is valid."""
+    ctx = np.ones(np.shape(y_ctx), bool) if ctx_mask is None else np.asarray(ctx_mask, bool)
+    tgt = np.ones(np.shape(y_tgt), bool) if tgt_mask is None else np.asarray(tgt_mask, bool)
+    return ctx, tgt
+
+
 def conditional_log_likelihood(
     model: TrainedNDP,
     x_ctx: np.ndarray,
@@ -191,8 +200,7 @@ def conditional_log_likelihood(
     context has ``log p(ctx) = 0``.
     """
     n_tasks, n = np.shape(y_ctx)
-    ctx_mask = np.ones((n_tasks, n), bool) if ctx_mask is None else np.asarray(ctx_mask, bool)
-    tgt_mask = np.ones(np.shape(y_tgt), bool) if tgt_mask is None else np.asarray(tgt_mask, bool)
+    ctx_mask, tgt_mask = _valid_masks(y_ctx, y_tgt, ctx_mask, tgt_mask)
     joint = log_density(model, np.concatenate([x_ctx, x_tgt], 1), np.concatenate([y_ctx, y_tgt], 1),
                         np.concatenate([ctx_mask, tgt_mask], 1), cfg, generator)
     ctx = log_density(model, x_ctx, y_ctx, ctx_mask, cfg, generator) if n else np.zeros(n_tasks)
@@ -218,8 +226,7 @@ def marginal_log_likelihood(
     """
     n_tasks, n = np.shape(y_ctx)
     m = np.shape(y_tgt)[1]
-    ctx_mask = np.ones((n_tasks, n), bool) if ctx_mask is None else np.asarray(ctx_mask, bool)
-    tgt_mask = np.ones((n_tasks, m), bool) if tgt_mask is None else np.asarray(tgt_mask, bool)
+    ctx_mask, tgt_mask = _valid_masks(y_ctx, y_tgt, ctx_mask, tgt_mask)
     # (T·m) point sets: the task's context followed by one of its targets.
     def rep(a: np.ndarray) -> np.ndarray:
         return np.repeat(np.asarray(a), m, axis=0)

@@ -76,17 +76,19 @@ def sample_task(
     seed: int,
     expert: BinnedExpert | None = None,
     expert_weight: float = 1.0,
+    expert_fade: float = 0.0,
 ) -> np.ndarray:
     """Joint samples (S, m) at the task's targets in data units; with ``expert``: LLM-NDP.
 
     ``sampler`` is the config's ``sampler`` section (solver, steps, t0, noise_std in the task
     frame's y units, jacobian; ``method: smc`` draws LLM-NDP by :func:`llmflow.smc.sample_smc`).
     The same seed gives the same start noise for both methods, so their difference is the
-    expert's effect alone.
+    expert's effect alone. ``expert_fade``: the config's ``sample.expert_fade``, in the NDP's x
+    units (the task frame), see :func:`llmflow.sampler.sample`.
     """
     data = (frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None], n_samples)
     common = dict(steps=sampler["steps"], t0=sampler["t0"], noise_std=sampler["noise_std"], jacobian=sampler["jacobian"],
-                  expert_weight=expert_weight, generator=torch.Generator().manual_seed(seed))
+                  expert_weight=expert_weight, expert_fade=expert_fade, generator=torch.Generator().manual_seed(seed))
     extra = None
     if expert is not None:
         # data units → task frame → the network's own normalisation; float32 like the network

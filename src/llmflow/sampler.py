@@ -81,7 +81,7 @@ class GuidedProblem:
     noise_var: Tensor
     n: int
     extra_score: ExtraScore | None
-    expert_weight: float
+    expert_weight: Tensor
     jacobian: str
 
     @classmethod
@@ -97,6 +97,7 @@ class GuidedProblem:
         extra_score: ExtraScore | None,
         expert_weight: float,
         jacobian: str,
+        expert_fade: float = 0.0,
     ) -> GuidedProblem:
         """From the arguments of :func:`sample` (data units) to the model's units."""
         dev = model.device
@@ -109,6 +110,7 @@ class GuidedProblem:
         ctx_mask = torch.ones(n_tasks, n, dtype=torch.bool, device=dev) if ctx_mask is None else _as_tensor(ctx_mask, dev, torch.bool)
         tgt_mask = torch.ones(n_tasks, m, dtype=torch.bool, device=dev) if tgt_mask is None else _as_tensor(tgt_mask, dev, torch.bool)
         noise = _as_tensor(np.broadcast_to(np.asarray(noise_std, dtype=float), (n_tasks,)), dev)
+        fade = expert_fade_factor(x_ctx, ctx_mask, x_tgt, expert_fade)
         return cls(
             x=torch.cat([x_ctx, x_tgt], dim=1),
             mask=torch.cat([ctx_mask, tgt_mask], dim=1),
@@ -118,7 +120,7 @@ class GuidedProblem:
             noise_var=(noise / model.norm.scale) ** 2,
             n=n,
             extra_score=extra_score,
-            expert_weight=expert_weight,
+            expert_weight=expert_weight * torch.cat([torch.zeros_like(ctx_mask, dtype=torch.float32), tgt_mask * fade], dim=1),
             jacobian=jacobian,
         )
 
@@ -136,9 +138,27 @@ class GuidedProblem:
             v = self.is_ctx[task] * (self.z[task] - yhat.detach()) / (self.noise_var[task, None] + posterior_var(t))
             if self.extra_score is not None:
                 g_tgt = self.extra_score(t, yhat.detach()[:, self.n:], task)
-                v = v + self.expert_weight * self.is_tgt[task] * torch.cat([torch.zeros_like(v[:, : self.n]), g_tgt], dim=1)
+                v = v + self.expert_weight[task] * torch.cat([torch.zeros_like(v[:, : self.n]), g_tgt], dim=1)
             g = torch.autograd.grad(yhat, y_in, grad_outputs=v)[0] if exact else jacobian_scale(t) * v
         return u.detach(), yhat.detach(), g.detach()
+
+
+def expert_fade_factor(x_ctx: Tensor, ctx_mask: Tensor, x_tgt: Tensor, scale: float) -> Tensor:
+    """``1 − exp(−d² / (2 s²))`` per target (T, m), d its distance to the nearest valid context
+    point, s = ``scale`` (both in the x units of the arguments); ones when s = 0 or a task has
+    no context.
+
+    Near the context the NDP's conditional already pins y down, and an expert that is off there
+    (a sharpened LLM density's mode can be) would pull the samples away from the data; far from
+    it the expert carries the text.
+    """
+    ones = torch.ones(x_tgt.shape[:2], device=x_tgt.device)
+    if scale == 0 or x_ctx.shape[1] == 0:
+        return ones
+    dist = torch.cdist(x_tgt.float(), x_ctx.float())  # (T, m, n)
+    nearest = dist.masked_fill(~ctx_mask[:, None, :], float("inf")).amin(dim=2)
+    fade = -torch.expm1(-0.5 * (nearest / scale) ** 2)
+    return torch.where(ctx_mask.any(dim=1, keepdim=True), fade, ones)
 
 
 def _as_tensor(a: np.ndarray | Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -161,6 +181,7 @@ def sample(
     jacobian: str = "free",
     extra_score: ExtraScore | None = None,
     expert_weight: float = 1.0,
+    expert_fade: float = 0.0,
     generator: torch.Generator | None = None,
     batch_size: int = 4096,
     progress: bool = False,
@@ -172,7 +193,9 @@ def sample(
     different sizes are padded to one array (None = all valid). noise_std: the context
     observation noise std in data units, one for all tasks or one per task (T,). generator: a
     CPU ``torch.Generator`` for the start noise (results do not depend on ``batch_size``, the
-    number of task×sample rows integrated at once). Cost: ``steps`` (Euler) or ``2·steps − 1``
+    number of task×sample rows integrated at once). expert_weight λ scales ``extra_score`` at
+    every target; expert_fade s > 0 (x units of the arguments) lowers it near the context to
+    ``λ·(1 − exp(−d²/(2 s²)))``, d the target's distance to its nearest context point. Cost: ``steps`` (Euler) or ``2·steps − 1``
     (Heun) network evaluations per row, each with a backward pass when ``jacobian="exact"``.
     """
     if solver not in SOLVERS or jacobian not in JACOBIANS:
@@ -180,7 +203,8 @@ def sample(
     if not 0.0 < t0 < 1.0:
         raise ValueError(f"t0 must lie in (0, 1), got {t0}")
     dev = model.device
-    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, ctx_mask, tgt_mask, noise_std, extra_score, expert_weight, jacobian)
+    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, ctx_mask, tgt_mask, noise_std, extra_score, expert_weight,
+                                  jacobian, expert_fade)
     n_tasks, n, m = problem.x.shape[0], problem.n, problem.x.shape[1] - problem.n
     x_all, mask_all = problem.x, problem.mask
     guided = n > 0 or extra_score is not None

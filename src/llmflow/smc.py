@@ -73,6 +73,7 @@ def sample_smc(
     *,
     expert: BinnedExpert | None = None,
     expert_weight: float = 1.0,
+    expert_fade: float = 0.0,
     steps: int = 50,
     t0: float = 1e-3,
     noise_std: float | np.ndarray = 0.05,
@@ -98,7 +99,8 @@ def sample_smc(
     if np.any(np.asarray(noise_std) <= 0):
         raise ValueError("smc needs a positive context noise_std")
     score = expert.score if expert is not None else None
-    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, None, None, noise_std, score, expert_weight, jacobian)
+    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, None, None, noise_std, score, expert_weight, jacobian,
+                                  expert_fade)
     n_tasks, n = problem.x.shape[0], problem.n
     dev = model.device
     task = torch.arange(n_tasks, device=dev).repeat_interleave(n_samples)
@@ -111,7 +113,8 @@ def sample_smc(
         out = (problem.is_ctx[task] * ctx).sum(1)
         if expert is not None:
             r = max(math.sqrt(posterior_var(t)), r_min)
-            out = out + expert_weight * expert.log_density(yhat[:, n:], task, r).to(out.dtype).sum(1)
+            weight = problem.expert_weight[task, n:]
+            out = out + (weight * expert.log_density(yhat[:, n:], task, r)).to(out.dtype).sum(1)
         return out.double()
 
     grid = np.linspace(t0, 1.0, steps + 1)

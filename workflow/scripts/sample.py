@@ -17,7 +17,9 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     expert = expert_from_dataset(xr.open_zarr(snakemake.input.expert), p.sample["lost_mass"], p.sample["expert_temperature"])
     n = p.sample["n_samples"]
     ndp = sample_task(model, task, frame, n, p.sampler, seed)
-    llm_ndp = sample_task(model, task, frame, n, p.sampler, seed, expert=expert, expert_weight=p.sample["expert_weight"])
+    llm_ndp = sample_task(model, task, frame, n, p.sampler, seed, expert=expert, expert_weight=p.sample["expert_weight"],
+                          expert_fade=p.sample["expert_fade"])
     write_zarr(samples_dataset(task, ndp, "ndp"), snakemake.output.ndp)
-    write_zarr(samples_dataset(task, llm_ndp, "llm-ndp", expert_weight=p.sample["expert_weight"]), snakemake.output.llm_ndp)
+    write_zarr(samples_dataset(task, llm_ndp, "llm-ndp", expert_weight=p.sample["expert_weight"], expert_fade=p.sample["expert_fade"]),
+               snakemake.output.llm_ndp)
     log.info("sampled %s: %d samples at %d targets", task.name, n, len(task.y_target))
