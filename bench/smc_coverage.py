@@ -49,12 +49,13 @@ def main() -> None:
             continue
         task = Task.from_dataset(xr.open_zarr(task_path))
         frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), config["sample"]["y_scale_min"])
-        expert = expert_from_dataset(xr.open_zarr(store))
+        expert = expert_from_dataset(xr.open_zarr(store), config["sample"]["lost_mass"], config["sample"]["expert_temperature"])
         for method in ("ode", "smc"):
             start = time.perf_counter()
             sampler = {**config["sampler"], "method": method}
             draws = sample_task(model, task, frame, args.samples, sampler, task_seed(config["seed"], task.name),
-                                expert=expert, expert_weight=config["sample"]["expert_weight"])
+                                expert=expert, expert_weight=config["sample"]["expert_weight"],
+                                expert_fade=config["sample"]["expert_fade"])
             scores = sample_metrics(task, draws)
             rows.append({"task": task.name, "method": method, "seconds": time.perf_counter() - start,
                          **{k: scores.get(k, np.nan) for k in ("coverage50", "coverage90", "crps", "constraint")}})

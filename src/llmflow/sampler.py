@@ -69,15 +69,15 @@ class GuidedProblem:
     """One batch of tasks with its context and experts, all points in one set of n + m.
 
     x (T, n+m, D), mask (T, n+m) valid points, z (T, n+m) context observations in model units
-    (0 at targets), is_ctx / is_tgt (T, n+m) float indicators, noise_var (T,) context noise
-    variance in model units, n the number of context slots.
+    (0 at targets), is_ctx (T, n+m) float indicator of valid context points, noise_var (T,)
+    context noise variance in model units, n the number of context slots, expert_weight
+    (T, n+m) the expert score's weight per point (λ times the fade at valid targets, else 0).
     """
 
     x: Tensor
     mask: Tensor
     z: Tensor
     is_ctx: Tensor
-    is_tgt: Tensor
     noise_var: Tensor
     n: int
     extra_score: ExtraScore | None
@@ -116,7 +116,6 @@ class GuidedProblem:
             mask=torch.cat([ctx_mask, tgt_mask], dim=1),
             z=torch.cat([model.norm.to_model(y_ctx) * ctx_mask, torch.zeros(n_tasks, m, device=dev)], dim=1),
             is_ctx=torch.cat([ctx_mask, torch.zeros_like(tgt_mask)], dim=1).float(),
-            is_tgt=torch.cat([torch.zeros_like(ctx_mask), tgt_mask], dim=1).float(),
             noise_var=(noise / model.norm.scale) ** 2,
             n=n,
             extra_score=extra_score,
@@ -195,8 +194,9 @@ def sample(
     CPU ``torch.Generator`` for the start noise (results do not depend on ``batch_size``, the
     number of task×sample rows integrated at once). expert_weight λ scales ``extra_score`` at
     every target; expert_fade s > 0 (x units of the arguments) lowers it near the context to
-    ``λ·(1 − exp(−d²/(2 s²)))``, d the target's distance to its nearest context point. Cost: ``steps`` (Euler) or ``2·steps − 1``
-    (Heun) network evaluations per row, each with a backward pass when ``jacobian="exact"``.
+    ``λ·(1 − exp(−d²/(2 s²)))``, d the target's distance to its nearest context point. Cost:
+    ``steps`` (Euler) or ``2·steps − 1`` (Heun) network evaluations per row, each with a
+    backward pass when ``jacobian="exact"``.
     """
     if solver not in SOLVERS or jacobian not in JACOBIANS:
         raise ValueError(f"solver must be in {SOLVERS} and jacobian in {JACOBIANS}")
