@@ -27,7 +27,7 @@ import yaml
 from llmflow.config import validate_config
 from llmflow.metrics import sample_metrics
 from llmflow.ndp import TrainedNDP
-from llmflow.predict import TaskFrame, expert_from_dataset, sample_task
+from llmflow.predict import TaskFrame, sample_llm_ndp, sample_task
 from llmflow.tasks import Task, task_names, task_seed
 
 FIG2 = "text-zero_after_30"
@@ -50,9 +50,8 @@ def run_setting(ndp: TrainedNDP, tasks: list[Task], experts: dict[str, xr.Datase
     for task in tasks:
         frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), sample_cfg["y_scale_min"])
         seed = task_seed(config["seed"], task.name)
-        bins = expert_from_dataset(experts[task.name], sample_cfg["lost_mass"], sample_cfg["expert_temperature"])
-        draws = {"llm-ndp": sample_task(ndp, task, frame, n_samples, config["sampler"], seed, expert=bins,
-                                        expert_weight=sample_cfg["expert_weight"], expert_fade=sample_cfg["expert_fade"])}
+        draws = {"llm-ndp": sample_llm_ndp(ndp, task, frame, experts[task.name], n_samples, sample_cfg,
+                                           config["sampler"], seed)}
         if with_ndp:
             draws["ndp"] = sample_task(ndp, task, frame, n_samples, config["sampler"], seed)
         for method, samples in draws.items():

@@ -25,7 +25,7 @@ import yaml
 from llmflow.config import validate_config
 from llmflow.metrics import sample_metrics
 from llmflow.ndp import TrainedNDP
-from llmflow.predict import TaskFrame, expert_from_dataset, sample_task
+from llmflow.predict import TaskFrame, sample_llm_ndp
 from llmflow.tasks import Task, task_seed
 
 
@@ -49,13 +49,12 @@ def main() -> None:
             continue
         task = Task.from_dataset(xr.open_zarr(task_path))
         frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), config["sample"]["y_scale_min"])
-        expert = expert_from_dataset(xr.open_zarr(store), config["sample"]["lost_mass"], config["sample"]["expert_temperature"])
+        store_ds = xr.open_zarr(store).load()
         for method in ("ode", "smc"):
             start = time.perf_counter()
             sampler = {**config["sampler"], "method": method}
-            draws = sample_task(model, task, frame, args.samples, sampler, task_seed(config["seed"], task.name),
-                                expert=expert, expert_weight=config["sample"]["expert_weight"],
-                                expert_fade=config["sample"]["expert_fade"])
+            draws = sample_llm_ndp(model, task, frame, store_ds, args.samples, config["sample"], sampler,
+                                   task_seed(config["seed"], task.name))
             scores = sample_metrics(task, draws)
             rows.append({"task": task.name, "method": method, "seconds": time.perf_counter() - start,
                          **{k: scores.get(k, np.nan) for k in ("coverage50", "coverage90", "crps", "constraint")}})

@@ -42,7 +42,7 @@ from llmflow import expert, llm
 from llmflow.config import validate_config
 from llmflow.io import write_zarr
 from llmflow.ndp import TrainedNDP
-from llmflow.predict import TaskFrame, expert_from_dataset, sample_task
+from llmflow.predict import TaskFrame, sample_llm_ndp, sample_task
 from llmflow.tasks import TEXT_TASKS, Task, task_seed
 
 FIG2 = "text-zero_after_30"
@@ -146,12 +146,9 @@ def evaluate(name: str, variant: Variant, config: dict, ndp: TrainedNDP, tasks: 
         ds, sec = compute_expert(task, variant, config["expert"], models, cache, models_dir)
         frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), sample_cfg["y_scale_min"])
         seed = task_seed(config["seed"], task.name)
-        bins = expert_from_dataset(ds, sample_cfg["lost_mass"], sample_cfg["expert_temperature"])
         ys = {
             "ndp": sample_task(ndp, task, frame, n_samples, config["sampler"], seed),
-            "llm-ndp": sample_task(ndp, task, frame, n_samples, config["sampler"], seed,
-                                   expert=bins, expert_weight=sample_cfg["expert_weight"],
-                                   expert_fade=sample_cfg["expert_fade"]),
+            "llm-ndp": sample_llm_ndp(ndp, task, frame, ds, n_samples, sample_cfg, config["sampler"], seed),
         }
         inside = mass_inside(ds, task.constraint_lo, task.constraint_hi)
         constrained = np.isfinite(task.constraint_lo) | np.isfinite(task.constraint_hi)

@@ -99,6 +99,25 @@ def sample_task(
     return frame.y_back(sample(model, *data, solver=sampler["solver"], extra_score=extra, **common).y_tgt[0])
 
 
+def sample_llm_ndp(
+    model: TrainedNDP,
+    task: Task,
+    frame: TaskFrame,
+    expert_store: xr.Dataset,
+    n_samples: int,
+    sample_section: dict,
+    sampler: dict,
+    seed: int,
+) -> np.ndarray:
+    """LLM-NDP samples (S, m) in data units, the expert set up as the config's ``sample``
+    section says: the expert stage's store with its lost mass and temperature
+    (:func:`expert_from_dataset`), weighted by ``expert_weight`` and faded near the context by
+    ``expert_fade`` (:func:`sample_task`)."""
+    expert = expert_from_dataset(expert_store, sample_section["lost_mass"], sample_section["expert_temperature"])
+    return sample_task(model, task, frame, n_samples, sampler, seed, expert=expert,
+                       expert_weight=sample_section["expert_weight"], expert_fade=sample_section["expert_fade"])
+
+
 def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: dict, seed: int) -> np.ndarray:
     """Prior draws (S, m) of the NDP at x (m, D) in the model's frame (no context)."""
     out = sample(

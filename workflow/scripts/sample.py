@@ -5,7 +5,7 @@ import xarray as xr
 from llmflow.io import write_zarr
 from llmflow.logs import log_errors
 from llmflow.ndp import TrainedNDP
-from llmflow.predict import TaskFrame, expert_from_dataset, sample_task, samples_dataset
+from llmflow.predict import TaskFrame, sample_llm_ndp, sample_task, samples_dataset
 from llmflow.tasks import Task, task_seed
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
@@ -14,11 +14,9 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     model = TrainedNDP.load(snakemake.input.model)
     frame = TaskFrame.fit(task, tuple(p.x_range), p.sample["y_scale_min"])
     seed = task_seed(p.seed, task.name)
-    expert = expert_from_dataset(xr.open_zarr(snakemake.input.expert), p.sample["lost_mass"], p.sample["expert_temperature"])
     n = p.sample["n_samples"]
     ndp = sample_task(model, task, frame, n, p.sampler, seed)
-    llm_ndp = sample_task(model, task, frame, n, p.sampler, seed, expert=expert, expert_weight=p.sample["expert_weight"],
-                          expert_fade=p.sample["expert_fade"])
+    llm_ndp = sample_llm_ndp(model, task, frame, xr.open_zarr(snakemake.input.expert), n, p.sample, p.sampler, seed)
     write_zarr(samples_dataset(task, ndp, "ndp"), snakemake.output.ndp)
     write_zarr(samples_dataset(task, llm_ndp, "llm-ndp", expert_weight=p.sample["expert_weight"], expert_fade=p.sample["expert_fade"]),
                snakemake.output.llm_ndp)
