@@ -29,7 +29,6 @@ EXPERT_SHARDS = shards(TASKS)
 # A-LLMP samples only the tasks matching allmp.tasks (its cost on CPU: README, "Run time").
 ALLMP_TASKS = allmp_tasks(TASKS, config["allmp"]["tasks"])
 ALLMP_SHARDS = shards(ALLMP_TASKS)
-# Sample stores of each task: every sampling method, A-LLMP only where it ran.
-TASK_SAMPLES = {
-    t: [m for m in SAMPLE_METHODS if m != "a-llmp" or t in ALLMP_TASKS] for t in TASKS
-}
+# Methods of each task (A-LLMP only where it ran), and those of them with sample stores.
+TASK_METHODS = {t: [m for m in METHODS if m != "a-llmp" or t in ALLMP_TASKS] for t in TASKS}
+TASK_SAMPLES = {t: [m for m in TASK_METHODS[t] if m in SAMPLE_METHODS] for t in TASKS}

@@ -7,9 +7,7 @@ rule evaluate:
     output:
         summary=report("results/metrics/summary.csv", category="Metrics"),
         table="results/metrics/summary.md",
-        predictions=[
-            f"results/predictions/{t}/{m}.csv" for t in TASKS for m in METHODS if m != "a-llmp" or t in ALLMP_TASKS
-        ],
+        predictions=[f"results/predictions/{t}/{m}.csv" for t in TASKS for m in TASK_METHODS[t]],
     log:
         "logs/evaluate.log",
     params:
