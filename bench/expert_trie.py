@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,10 @@ import numpy as np
 import torch
 
 from llmflow import expert, llm
+
+# The brute-force reference lives with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from brute_force import score_strings  # noqa: E402
 
 
 def synthetic_task(n_context: int, n_targets: int, seed: int = 0):
@@ -72,7 +77,7 @@ def main() -> None:
         texts = [style.lead + s + (style.terminator if c else "")
                  for s, c in zip(bins.strings, bins.complete)]
         t0 = time.perf_counter()
-        grid, n_grid = expert.score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
+        grid, n_grid = score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
                                             restrict_to=tokens.vocab, batch_size=args.grid_batch)
         t_grid = time.perf_counter() - t0
         rows.append((j, len(bins.logp), t_trie, bins.n_positions, t_grid, n_grid,

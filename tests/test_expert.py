@@ -10,6 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
+from brute_force import score_strings
 from llmflow import allmp, expert, llm
 from llmflow.io import write_zarr
 
@@ -54,7 +55,7 @@ def _texts(bins: expert.Bins, lead: str = " ") -> list[str]:
 
 def _brute(model, tok, prompt, texts, restricted=True, lead=" "):
     tokens = expert.number_tokens(tok, prompt, lead)
-    return expert.score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
+    return score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
                                 restrict_to=tokens.vocab if restricted else None,
                                 batch_size=64)[0]
 

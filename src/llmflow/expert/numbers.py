@@ -1,0 +1,68 @@
+"""The number grammar the LLM writes: fixed-point strings, their intervals, the units of the trie.
+
+A number string is ``[-]`` + integer digits (no leading zeros) + (``.`` + exactly ``decimals``
+digits when ``decimals`` > 0) + the terminator. The trie walks it one *unit* at a time: a digit,
+``-``, ``.`` or the terminator (``TERM`` here; the real terminator is a prompt-style string).
+
+Bin semantics (``rounding``): ``truncate`` (our default) formats y by truncation toward zero,
+so ``12.34`` is [12.34, 12.35) and ``-12.34`` is (-12.35, -12.34]; ``round`` (the LLMP
+reference, Python ``f"{y:.2f}"``) makes ``12.34`` [12.335, 12.345). Either way the strings
+partition the line and bins of width 10^-decimals meet edge to edge.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_DOWN, Decimal
+
+DIGITS = "0123456789"
+TERM = "$"  # internal symbol of the terminator unit (the real terminator is a config string)
+UNITS: tuple[str, ...] = (*DIGITS, "-", ".", TERM)  # column order of unit log-probabilities
+
+
+def format_number(value: float, decimals: int, rounding: str = "truncate") -> str:
+    """Fixed-point string of ``value``: never scientific, ``-`` for negatives (also ``-0.00``)."""
+    if not math.isfinite(value):
+        raise ValueError(f"cannot format non-finite number {value!r}")
+    value = float(value) + 0.0  # -0.0 -> 0.0
+    if rounding == "round":
+        return f"{value:.{decimals}f}"
+    # Decimal(repr) truncates the shortest decimal repr, so 0.29 stays 0.29 (not 0.28999...).
+    magnitude = Decimal(repr(abs(value))).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
+    return ("-" if value < 0 else "") + format(magnitude, "f")
+
+
+def number_interval(s: str, decimals: int, rounding: str = "truncate") -> tuple[float, float]:
+    """Interval [lower, upper) of all values whose ``decimals``-formatted string starts with ``s``.
+
+    ``s`` must hold its whole integer part: a complete number (``-12.34``, or ``12`` when
+    ``decimals`` is 0) or a prefix ending at or after the point (``12.``, ``12.3``).
+    """
+    negative = s.startswith("-")
+    body = s[1:] if negative else s
+    int_part, _, frac = body.partition(".")
+    if not int_part or not int_part.isdigit() or (frac and not frac.isdigit()):
+        raise ValueError(f"not a number (prefix) with a complete integer part: {s!r}")
+    unit = 10.0 ** -len(frac)
+    lo = int(int_part) + (int(frac) * unit if frac else 0.0)
+    hi = lo + unit
+    if rounding == "round":  # a rounded string covers [v - w/2, v + w/2) for the finest w
+        half = 0.5 * 10.0 ** -decimals
+        lo, hi = max(lo - half, 0.0), hi - half
+    return (-hi, -lo) if negative else (lo, hi)
+
+
+
+def allowed_units(s: str, decimals: int, max_int_digits: int, allow_negative: bool) -> list[str]:
+    """Units that may follow the prefix ``s`` of a number string."""
+    body = s[1:] if s.startswith("-") else s
+    if not body:
+        return [*DIGITS, "-"] if allow_negative and not s else list(DIGITS)
+    int_part, has_point, frac = body.partition(".")
+    if has_point:
+        return list(DIGITS) if len(frac) < decimals else [TERM]
+    end = ["."] if decimals > 0 else [TERM]
+    if int_part == "0" or len(int_part) >= max_int_digits:  # no leading zeros, bounded range
+        return end
+    return [*DIGITS, *end]
+

@@ -1,0 +1,182 @@
+"""Prompts: how a task's text and context points are written for the LLM (``PromptStyle``).
+
+A target's prompt is ``[text]\n x_1, y_1\n ... x_n, y_n\n x_*,`` and ends where the number
+starts; the context is ordered by distance to the query (nearest last) or kept as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmflow.expert.numbers import format_number
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How numbers and prompts are written.
+
+    ``lead``: text between the query's separator and the number, scored with the number: ``" "``
+    (ours: the number keeps the token context it has in the context lines ``x, y``) or ``""``
+    (the LLMP reference scores the number right after the comma). ``order``: ``distance``
+    (farthest context point first, nearest last) or ``fixed`` (as given, so every target shares
+    the context part of the prompt). ``layout``: ``plain`` lines ``x, y`` or ``xy`` lines
+    ``x = x, y = y`` (the query ends ``x = x_*, y =``). ``preamble``: a fixed sentence before the
+    text. ``text_numbers``: rewrite the numbers of the text in the data's format (``y is 0`` →
+    ``y is 0.00``, in the LLM's units). ``rule_before_query``: the text again on the line
+    before the query, where the model reads it last. ``chat``: the instructions (preamble and
+    text) go into the tokenizer's chat template as the user turn and the data lines open the
+    assistant turn (for instruct models).
+    """
+
+    name: str
+    decimals: int
+    x_decimals: int
+    lead: str
+    order: str
+    rounding: str
+    restricted: bool
+    use_text: bool
+    terminator: str = "\n"
+    layout: str = "plain"
+    preamble: str = ""
+    text_numbers: bool = False
+    rule_before_query: bool = False
+    chat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.order not in ("distance", "fixed"):
+            raise ValueError(f"expert.order must be distance or fixed, got {self.order!r}")
+        if self.rounding not in ("truncate", "round"):
+            raise ValueError(f"expert.rounding must be truncate or round, got {self.rounding!r}")
+        if self.layout not in ("plain", "xy"):
+            raise ValueError(f"expert.layout must be plain or xy, got {self.layout!r}")
+        if self.decimals < 0 or self.x_decimals < 0:
+            raise ValueError("expert.decimals and expert.x_decimals must be >= 0")
+
+
+STYLES: dict[str, PromptStyle] = {
+    "default": PromptStyle("default", decimals=2, x_decimals=2, lead=" ",
+                           order="distance", rounding="truncate", restricted=True, use_text=True),
+    # Reproduces the LLMP reference scoring: x with 0 decimals, no space after the query comma,
+    # Python rounding, softmax restricted to digits, '-', '.', '\n'; no text by default.
+    "llmp": PromptStyle("llmp", decimals=2, x_decimals=0, lead="",
+                        order="distance", rounding="round", restricted=True, use_text=False),
+}
+
+
+def prompt_style(name: str = "default", **overrides: Any) -> PromptStyle:
+    """The named style with the non-None ``overrides`` applied."""
+    if name not in STYLES:
+        raise ValueError(f"expert.style must be one of {sorted(STYLES)}, got {name!r}")
+    return dataclasses.replace(STYLES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+
+def check_context(x_context: np.ndarray, y_context: np.ndarray, x_target: np.ndarray) -> None:
+    """Raise ValueError (one line, naming the array) on NaN/inf or mismatched shapes."""
+    for name, arr in (("x_context", x_context), ("y_context", y_context), ("x_target", x_target)):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(arr, dtype=float)).reshape(len(arr), -1).all(1))
+        if bad.size:
+            raise ValueError(f"{name} has NaN/inf at index {int(bad[0])}")
+    if len(x_context) != len(y_context):
+        raise ValueError(f"x_context has {len(x_context)} rows but y_context {len(y_context)}")
+
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+_VARIABLE = re.compile(r"\b([xy])\b")
+
+
+def prepare_text(text: str, style: PromptStyle, scale: float = 1.0, shift: float = 0.0) -> str:
+    """The task's text as the LLM reads it: stripped, empty unless ``style.use_text``.
+
+    With ``style.text_numbers`` each number is rewritten in the format of the variable named
+    last before it: after ``y`` as a y value (mapped into the LLM's units by ``(v - shift) /
+    scale``, ``decimals`` decimals), otherwise as an x value (``x_decimals``). So "If x is
+    greater than 30, y is 0." reads "If x is greater than 30.00, y is 0.00." at 2 decimals.
+    """
+    text = text.strip() if style.use_text else ""
+    if not style.text_numbers:
+        return text
+
+    def rewrite(m: re.Match) -> str:
+        names = _VARIABLE.findall(text, 0, m.start())
+        value = float(m.group())
+        if names and names[-1] == "y":
+            return format_number((value - shift) / scale, style.decimals, style.rounding)
+        return format_number(value, style.x_decimals, "round")
+
+    return _NUMBER.sub(rewrite, text)
+
+
+def chat_wrapper(tokenizer) -> Callable[[str], str]:
+    """``message → prompt text`` of ``tokenizer``'s chat template: the user turn, then the
+    opening of the assistant turn. A leading BOS that the tokenizer adds itself is dropped."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("expert.chat needs a tokenizer with a chat template (an instruct model)")
+    bos = tokenizer.bos_token or ""
+    adds_bos = bool(bos) and tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+
+    def wrap(message: str) -> str:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                            add_generation_prompt=True)
+        return out[len(bos):] if adds_bos and out.startswith(bos) else out
+
+    return wrap
+
+
+def build_prompt(
+    x_context: np.ndarray, y_context: np.ndarray, x_query: np.ndarray, text: str, style: PromptStyle,
+    chat: Callable[[str], str] | None = None,
+) -> str:
+    """Prompt for one target; it ends where the number starts.
+
+    Shapes: ``x_context (n, D)``, ``y_context (n,)``, ``x_query (D,)``; y already in LLM units,
+    ``text`` as :func:`prepare_text` returns it. With ``order='distance'`` the context is sorted
+    by Euclidean distance to ``x_query``, farthest first, so the nearest point is the last line
+    before the query (stable on ties). ``chat`` (:func:`chat_wrapper`) is required when
+    ``style.chat``.
+    """
+    return "".join(prompt_parts(x_context, y_context, x_query, text, style, chat))
+
+
+def prompt_parts(
+    x_context: np.ndarray, y_context: np.ndarray, x_query: np.ndarray, text: str, style: PromptStyle,
+    chat: Callable[[str], str] | None = None,
+) -> tuple[str, str]:
+    """:func:`build_prompt` in two parts: (instructions and context lines, up to and including
+    the last line's terminator; the rule line if any and the query)."""
+    x_context = np.asarray(x_context, dtype=float).reshape(len(y_context), -1)
+    x_query = np.asarray(x_query, dtype=float).reshape(-1)
+    order = np.arange(len(y_context))
+    if style.order == "distance":
+        dist = np.linalg.norm(x_context - x_query, axis=1)
+        order = np.argsort(-dist, kind="stable")
+
+    def fmt_x(x: np.ndarray) -> str:
+        return ", ".join(format_number(v, style.x_decimals, "round") for v in x)
+
+    def line(x: np.ndarray, y: str) -> str:  # a line without its y for the query
+        if style.layout == "xy":
+            return f"x = {fmt_x(x)}, y ={' ' + y if y else ''}"
+        return f"{fmt_x(x)},{' ' + y if y else ''}"
+
+    text = text.strip() if style.use_text else ""
+    instructions = " ".join(part for part in (style.preamble.strip(), text) if part)
+    lines = "".join(
+        line(x_context[i], format_number(y_context[i], style.decimals, style.rounding)) + style.terminator
+        for i in order
+    )
+    rule = f"{text}\n" if style.rule_before_query and text else ""
+    query = f"{rule}{line(x_query, '')}"
+    if style.chat:
+        if chat is None:
+            raise ValueError("a chat prompt style needs the tokenizer's chat wrapper")
+        return f"{chat(instructions)}{lines}", query
+    head = f"{instructions}\n" if instructions else ""
+    return f"{head}{lines}", query
+
