@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 
 from brute_force import score_strings
-from llmflow import allmp, expert, llm
+from llmflow import allmp, evaluate, expert, llm
 from llmflow.io import write_zarr
 
 STYLE = expert.prompt_style("default")
@@ -104,7 +104,7 @@ def test_bad_inputs_raise_one_line_errors(tiny_model, smol_tokenizer):
         expert.task_expert(tiny_model, smol_tokenizer, task, expert.ExpertConfig(), "tiny")
     task = _task(y=np.array([0.1, 0.3, 0.5]))
     with pytest.raises(ValueError, match="decimals=0") as err:
-        expert.task_expert(tiny_model, smol_tokenizer, task, expert.ExpertConfig(decimals=0), "tiny")
+        expert.task_expert(tiny_model, smol_tokenizer, task, expert.ExpertConfig(decimals=0, rescale="none"), "tiny")
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="rescale"):
         expert.task_expert(tiny_model, smol_tokenizer, task, expert.ExpertConfig(rescale="log"), "t")
@@ -177,6 +177,76 @@ def test_trie_equals_brute_force_smollm2(smol64):
     assert np.exp(bins.logp).sum() + bins.lost_mass == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.fixture(scope="module")
+def tiny_gemma(smol_tokenizer):
+    """A random float64 Gemma-3 over SmolLM2's vocabulary with a sliding-window layer (window
+    8, shorter than the prompts below) and a full one."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
+    )).to(torch.float64).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10.0)
+    return model
+
+
+def test_tree_attention_sliding_window_equals_brute_force(tiny_gemma, smol_tokenizer):
+    """Every trie prefix shares one cache (tree attention); with a sliding window shorter than
+    the prompt, each bin still equals its own string run alone."""
+    prompt = "1.00, 2.5\n2.00, 3.0\n3.00, 1.5\n4.00,"
+    bins = expert.binned_distribution(tiny_gemma, smol_tokenizer, prompt, 1, lead=" ",
+                                      threshold=0.0, max_int_digits=2, truth="12.3")
+    assert len(smol_tokenizer(prompt)["input_ids"]) > 8 and bins.complete.all()
+    brute = _brute(tiny_gemma, smol_tokenizer, prompt, _texts(bins))
+    np.testing.assert_allclose(bins.logp, brute, atol=1e-9, rtol=0)
+    truth = _brute(tiny_gemma, smol_tokenizer, prompt, [" 12.3\n"])[0]
+    assert bins.truth_logp == pytest.approx(truth, abs=1e-9)
+
+
+def test_prefix_intervals_of_incomplete_integer_parts():
+    assert expert.prefix_intervals("19.3", 2, 3) == [pytest.approx((19.3, 19.4))]
+    assert expert.prefix_intervals("19", 2, 3) == [(19.0, 20.0), (190.0, 200.0)]
+    assert expert.prefix_intervals("0", 2, 3) == [(0.0, 1.0)]  # no leading zeros: 0.xx only
+    assert expert.prefix_intervals("-4", 1, 2) == [(-5.0, -4.0), (-50.0, -40.0)]
+    assert expert.prefix_intervals("-", 1, 3) == [(-10.0, -0.0), (-100.0, -10.0), (-1000.0, -100.0)]
+    rounded = expert.prefix_intervals("19", 2, 3, "round")
+    assert rounded == [pytest.approx((18.995, 19.995)), pytest.approx((189.995, 199.995))]
+
+
+def test_budget_keeps_every_prefix_mass(tiny_model, smol_tokenizer):
+    """A small node budget leaves prefixes unexpanded but loses no mass: each is a coarse bin
+    (or one bin per possible digit count) carrying its exact probability; the integer parts are
+    completed before any decimal is refined, and a larger budget only refines."""
+    prompt = "1.00, 12.5\n2.00, 13.0\n3.00,"
+    kw = dict(lead=" ", threshold=0.0, max_int_digits=3)
+    full = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, max_nodes=None, **kw)
+    small = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, max_nodes=6, **kw)
+    more = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, max_nodes=40, **kw)
+    for bins in (full, small, more):
+        assert bins.lost_pruned == 0.0
+        assert np.exp(bins.logp).sum() + bins.lost_invalid == pytest.approx(1.0, abs=1e-12)
+        assert np.all(bins.lower[1:] >= bins.upper[:-1] - 1e-9)  # still a partition
+    assert small.n_expanded == 6 and more.n_expanded == 40 and full.mass_union == 0.0
+    assert small.mass_union > more.mass_union
+    # Union bins: an unexpanded prefix's probability shared equally by its digit counts.
+    union = [i for i, st in enumerate(small.strings) if small.strings.count(st) > 1]
+    assert union
+    brute = _brute(tiny_model, smol_tokenizer, prompt, [" " + small.strings[union[0]]])[0]
+    pieces = small.strings.count(small.strings[union[0]])
+    assert small.logp[union[0]] == pytest.approx(brute - np.log(pieces), abs=1e-9)
+    # Integer part first: while a prefix without its integer part is left, no decimal has
+    # been refined (every bin of the 6-node search ends at or before the point).
+    assert all(st.partition(".")[2] == "" for st in small.strings)
+    # The truth's own string is scored exactly, whatever the budget left unexpanded.
+    truth = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, max_nodes=6,
+                                       truth="13.5", **kw).truth_logp
+    assert truth == pytest.approx(_brute(tiny_model, smol_tokenizer, prompt, [" 13.5\n"])[0], abs=1e-9)
+
+
 def test_linear_trend_puts_mode_on_trend(smol32):
     model, tok = smol32
     x = np.arange(1.0, 9.0)[:, None]
@@ -204,7 +274,7 @@ def _task(y: np.ndarray | None = None, text: str = "", y_target: float = 2.755) 
 def test_task_dataset_rescaled_padded_and_cached(tiny_model, smol_tokenizer, tmp_path: Path):
     # pow10 rescale: the LLM reads 12.5, 17.5, 25.0
     task = _task(y=np.array([0.00125, 0.00175, 0.0025]), y_target=0.00251)
-    cfg = expert.ExpertConfig(rescale="pow10", decimals=1, threshold=1e-5)
+    cfg = expert.ExpertConfig(rescale="pow10", rescale_digits=2, decimals=1, threshold=1e-5)
     ds = expert.task_expert(tiny_model, smol_tokenizer, task, cfg, "tiny", progress=False)
     assert ds.attrs["scale"] == pytest.approx(1e-4) and ds.attrs["model"] == "tiny"
     assert ds["lower"].dims == ("target", "bin") and ds.sizes["target"] == 2
@@ -216,14 +286,11 @@ def test_task_dataset_rescaled_padded_and_cached(tiny_model, smol_tokenizer, tmp
         assert mass == pytest.approx(1.0, abs=1e-9)
         assert np.nanmax(ds["upper"].values[j]) < 0.2  # edges back in data units (LLM: < 1000)
     assert np.isnan(ds["nll_target"][1])  # y_target unknown
-    # nll_target is -log density in data units: put y_target in the likeliest bin and check.
-    lo, hi, lp = ds["lower"].values[0], ds["upper"].values[0], ds["logp"].values[0]
-    top = int(np.argmax(lp))
-    y0 = 0.5 * (lo[top] + hi[top])
-    ds2 = expert.task_expert(tiny_model, smol_tokenizer, _task(task["y_context"].values, "", y0),
-                             cfg, "tiny", progress=False)
-    q = np.nansum(np.where((lo <= y0) & (y0 < hi), np.exp(lp) / (hi - lo), 0.0))
-    assert q > 0 and float(ds2["nll_target"][0]) == pytest.approx(-np.log(q), rel=1e-9)
+    # nll_target is the truth string's own probability (the LLMP reference's NLL): the LLM
+    # reads 0.00251 as 25.1, whose brute-force score gives the NLL per data unit.
+    prompt = expert.task_prompts(smol_tokenizer, task, cfg).prompts[0]
+    string_lp = _brute(tiny_model, smol_tokenizer, prompt, [" 25.1\n"])[0]
+    assert float(ds["nll_target"][0]) == pytest.approx(-string_lp + np.log(0.1 * 1e-4), abs=1e-9)
     assert "17.5\n" in ds.attrs["prompt_example"]
 
     src = tmp_path / "tasks" / "toy-0.zarr"
@@ -333,3 +400,41 @@ def test_expert_config_options_reach_the_prompt(tiny_model, smol_tokenizer):
         "At x = 9, y is 7.00.", "x = 0, y = 1.25", "x = 1, y = 1.75", "x = 2, y = 2.50",
         "At x = 9, y is 7.00.", "x = 3, y ="]
     assert ds.attrs["layout"] == "xy" and ds.attrs["text_numbers"] == 1
+
+
+@pytest.mark.parametrize("y, scale, shift, y_llm", [
+    (np.array([1.2e-6, 3.4e-6, 2.2e-6]), 1e-6, 0.0, [1.2, 3.4, 2.2]),  # tiny
+    (np.array([120_000.0, 350_000.0, 480_000.0]), 1e5, 0.0, [1.2, 3.5, 4.8]),  # large
+    (101_325.0 + np.array([-150.0, 0.0, 150.0]), 100.0, 101_300.0, [-1.25, 0.25, 1.75]),  # offset
+    (np.array([-1.5e-6, 0.5e-6, 2e-6]), 1e-6, 0.0, [-1.5, 0.5, 2.0]),  # mixed sign
+    (np.array([315.0, 350.0, 380.0]), 100.0, 0.0, [3.15, 3.5, 3.8]),  # a spread of 17%: no offset
+    (np.array([5.0, 5.0, 5.0]), 1.0, 0.0, [5.0, 5.0, 5.0]),
+])
+def test_auto_rescale_shows_a_few_significant_digits(y, scale, shift, y_llm):
+    assert expert.auto_affine(y) == (pytest.approx(scale), shift)
+    mapped = expert.to_llm_units(y, *expert.auto_affine(y))
+    np.testing.assert_array_equal(mapped, y_llm)  # exact in decimal, not 1.2499999
+    strings = [expert.format_number(v, 2) for v in mapped]
+    assert len(set(strings)) == len(set(y.tolist()))  # the LLM sees every distinct value
+
+
+def test_offset_and_tiny_series_read_at_their_scale(smol32):
+    """A pressure series near 101,325 Pa and a series near 1e-6 (the inputs that gave I-LLMP
+    medians of 100 and 10,137 Pa, or stopped the expert): the bins sit where the data are, keep
+    the LLM's number mass, and the truth's NLL is finite."""
+    model, tok = smol32
+    rng = np.random.default_rng(1)
+    x = np.arange(14.0)
+    for level, spread in ((101_325.0, 100.0), (3e-6, 1e-6)):
+        y = level + spread * (np.sin(x / 2) + 0.1 * rng.standard_normal(len(x)))
+        task = xr.Dataset(
+            {"x_context": (("context", "x_dim"), x[:12, None]), "y_context": (("context",), y[:12]),
+             "x_target": (("target", "x_dim"), x[12:, None]), "y_target": (("target",), y[12:])},
+            attrs={"name": "series", "family": "user", "text": ""})
+        ds = expert.task_expert(model, tok, task, expert.ExpertConfig(), "smol", progress=False)
+        bins = evaluate.bins_from_dataset(ds)
+        median = bins.quantiles(np.array([0.5]))[:, 0]
+        assert np.all(np.abs(median - level) < 3 * spread), median
+        kept = (np.exp(ds["logp"]).sum("bin") - ds["mass_union"]) / (1 - ds["lost_invalid"])
+        assert float(kept.min()) > 0.99 and float(ds["lost_pruned"].max()) == 0.0
+        assert np.isfinite(ds["nll_target"]).all()

@@ -46,6 +46,12 @@ def test_binned_metrics_are_exact_for_uniform_bins():
     np.testing.assert_allclose(out["crps"], crps, atol=1e-3)
     np.testing.assert_allclose(bins.quantiles(np.array([0.05, 0.5, 0.95]))[0], [0.1, 1.0, 1.9])
     assert out["coverage90"] == 1.0 and out["coverage50"] == 0.0
+    # Where the expert scored the truth's own string, that exact NLL is the score, even if the
+    # bins (coarse, or far from the truth) give the truth no density.
+    far = Task("t", "synth", "", np.zeros((1, 1)), np.zeros(1), np.zeros((1, 1)), np.array([5.0]))
+    assert bins_metrics(far, bins)["nll"] == np.inf
+    scored = Bins(bins.lower, bins.upper, bins.prob, nll=np.array([7.25]))
+    assert bins_metrics(far, scored)["nll"] == 7.25
 
 
 def test_coverage_of_calibrated_samples_is_nominal():

@@ -393,7 +393,7 @@ def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cf
     x_t = np.asarray(task["x_target"].values, dtype=float)
     expert.check_context(x_c, y_c, x_t)
     scale, shift = expert.affine_for(y_c, expert_cfg)
-    y_llm = (y_c - shift) / scale
+    y_llm = expert.to_llm_units(y_c, scale, shift)
     max_int = expert_cfg.max_int_digits or expert.default_int_digits(y_llm)
     text = expert.prepare_text(str(task.attrs.get("text", "")), style, scale, shift)
     chat = expert.chat_wrapper(tokenizer) if style.chat else None

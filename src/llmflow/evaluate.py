@@ -24,11 +24,13 @@ def allmp_tasks(tasks: Sequence[str], patterns: Sequence[str]) -> list[str]:
 
 
 def bins_from_dataset(ds: xr.Dataset) -> Bins:
-    """The expert stage's store (``lower``, ``upper``, ``logp`` over (target, bin)) as Bins."""
+    """The expert stage's store (``lower``, ``upper``, ``logp`` over (target, bin); the truth
+    strings' ``nll_target``) as Bins."""
     lower, upper, logp = ds["lower"].values, ds["upper"].values, ds["logp"].values
     valid = np.isfinite(lower) & np.isfinite(upper) & np.isfinite(logp)
     prob = np.where(valid, np.exp(np.where(valid, logp, 0.0)), 0.0)
-    return Bins(np.where(valid, lower, 0.0), np.where(valid, upper, 1.0), prob)
+    nll = ds["nll_target"].values if "nll_target" in ds else None
+    return Bins(np.where(valid, lower, 0.0), np.where(valid, upper, 1.0), prob, nll)
 
 
 def gp_oracle(task: Task) -> tuple[np.ndarray, np.ndarray]:

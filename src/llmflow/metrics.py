@@ -36,11 +36,17 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 @dataclass(frozen=True)
 class Bins:
-    """Binned densities at m targets: edges and probabilities (m, B), padding with p = 0."""
+    """Binned densities at m targets: edges and probabilities (m, B), padding with p = 0.
+
+    ``nll`` (m,): the exact NLL of each target's truth where the expert scored the truth's own
+    string (the LLMP reference's NLL, finite even where the bins are coarse); None: the NLL is
+    read off the binned density.
+    """
 
     lower: np.ndarray
     upper: np.ndarray
     prob: np.ndarray
+    nll: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         total = self.prob.sum(axis=1, keepdims=True)
@@ -143,7 +149,7 @@ def bins_metrics(task: Task, bins: Bins, n_quantiles: int = 512) -> dict[str, fl
         return out
     y = task.y_target[known]
     sub = Bins(bins.lower[known], bins.upper[known], bins.prob[known])
-    out["nll"] = float(-sub.log_density(y).mean())
+    out["nll"] = float(bins.nll[known].mean() if bins.nll is not None else -sub.log_density(y).mean())
     levels = (np.arange(n_quantiles) + 0.5) / n_quantiles
     out["crps"] = float(np.mean(sr.crps_ensemble(y, sub.quantiles(levels))))
     out |= _interval_metrics(sub.quantiles(np.asarray(QUANTILES)), y)

@@ -10,21 +10,21 @@ One module per concept:
 - ``task``: the stage's driver, bins at every target of a task in data units, cached.
 """
 
-from llmflow.expert.lm import (Scorer, first_unit_logprobs, next_unit_logprobs, rows_only,
-                               tail_logits, token_logprobs, vocab_logprobs)
-from llmflow.expert.numbers import DIGITS, TERM, UNITS, allowed_units, format_number, number_interval
+from llmflow.expert.lm import TokenTree, rows_only, tail_logits, token_logprobs, vocab_logprobs
+from llmflow.expert.numbers import (DIGITS, TERM, UNITS, allowed_units, format_number, number_interval,
+                                    prefix_intervals, to_llm_units)
 from llmflow.expert.prompt import (STYLES, PromptStyle, build_prompt, chat_wrapper, check_context,
                                    prepare_text, prompt_parts, prompt_style)
-from llmflow.expert.task import (ExpertConfig, affine_for, default_int_digits, fingerprint,
-                                 run_cached, task_expert)
+from llmflow.expert.task import (ExpertConfig, TaskPrompts, affine_for, auto_affine, default_int_digits,
+                                 fingerprint, run_cached, target_bins, task_expert, task_prompts)
 from llmflow.expert.tokens import NumberTokens, number_tokens
 from llmflow.expert.trie import Bins, binned_distribution
 
 __all__ = [
-    "Bins", "DIGITS", "ExpertConfig", "NumberTokens", "PromptStyle", "STYLES", "Scorer", "TERM",
+    "Bins", "DIGITS", "ExpertConfig", "TaskPrompts", "auto_affine", "target_bins", "task_prompts", "NumberTokens", "PromptStyle", "STYLES", "TERM", "TokenTree",
     "UNITS", "affine_for", "allowed_units", "binned_distribution", "build_prompt", "chat_wrapper",
-    "check_context", "default_int_digits", "fingerprint", "first_unit_logprobs", "format_number",
-    "next_unit_logprobs", "number_interval", "number_tokens", "prepare_text", "prompt_parts",
-    "prompt_style", "rows_only", "run_cached", "tail_logits", "task_expert", "token_logprobs",
+    "check_context", "default_int_digits", "fingerprint", "format_number",
+    "number_interval", "prefix_intervals", "number_tokens", "prepare_text", "prompt_parts",
+    "prompt_style", "rows_only", "run_cached", "tail_logits", "task_expert", "to_llm_units", "token_logprobs",
     "vocab_logprobs",
 ]

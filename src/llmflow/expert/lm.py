@@ -6,7 +6,6 @@ restricted softmax (the LLMP reference's) needs only the number tokens' rows of 
 
 from __future__ import annotations
 
-import copy
 import inspect
 import weakref
 from collections.abc import Sequence
@@ -14,9 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from llmflow.expert.numbers import UNITS
-from llmflow.expert.tokens import NumberTokens
 
 def token_logprobs(logits: torch.Tensor, vocab: torch.Tensor, restricted: bool) -> torch.Tensor:
     """Log-probabilities (B, len(vocab)) of the tokens ``vocab`` from logits (B, V).
@@ -82,37 +78,6 @@ def tail_logits(model, vocab: torch.Tensor | None, n: int, **inputs: Any) -> tup
     return out.past_key_values, _row_logits(model, out.last_hidden_state[:, -n:], vocab)
 
 
-def _last_logits(model, vocab: torch.Tensor | None, **inputs: Any) -> tuple[Any, torch.Tensor]:
-    """(KV cache, last-position logits (B, V), or (B, len(vocab)) when ``vocab`` is given)."""
-    cache, logits = tail_logits(model, vocab, 1, **inputs)
-    return cache, logits[:, -1]
-
-
-def prefix_cache(model, prefix_ids: Sequence[int], vocab: torch.Tensor | None = None) -> tuple[Any, torch.Tensor]:
-    """Run ``prefix_ids`` once: (KV cache, last-position logits (1, V), or (1, len(vocab)))."""
-    ids = torch.tensor([list(prefix_ids)], device=model.device)
-    return _last_logits(model, vocab, input_ids=ids)
-
-
-def extend_logits(model, cache: Any, suffix_ids: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
-    """Last-position logits (B, V) of ``prefix + suffix_ids[b]`` for each row b of (B, k) ids
-    (B, len(vocab)) when ``vocab`` is given).
-
-    The prefix cache (batch 1) is shared, not copied: each layer of a shallow copy holds
-    broadcast views of the prefix keys/values, and the model's cache update concatenates into
-    new tensors, so the original stays untouched.
-    """
-    batch_cache = copy.copy(cache)
-    batch_cache.layers = []
-    for layer in cache.layers:
-        view = copy.copy(layer)
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            view.keys = layer.keys.expand(suffix_ids.shape[0], -1, -1, -1)
-            view.values = layer.values.expand(suffix_ids.shape[0], -1, -1, -1)
-        batch_cache.layers.append(view)
-    return _last_logits(model, vocab, input_ids=suffix_ids, past_key_values=batch_cache)[1]
-
-
 def vocab_logprobs(logits: torch.Tensor, vocab: torch.Tensor, restricted: bool, sliced: bool) -> np.ndarray:
     """Log-probabilities (B, len(vocab)) of the ``vocab`` tokens from logits (B, V), or from
     the logits of the ``vocab`` rows only (B, len(vocab)) when ``sliced`` (restricted softmax)."""
@@ -121,52 +86,81 @@ def vocab_logprobs(logits: torch.Tensor, vocab: torch.Tensor, restricted: bool, 
     return token_logprobs(logits, vocab, restricted).cpu().numpy()
 
 
-class Scorer:
-    """Next-token log-probabilities over a vocabulary after ``shared + path``, for many paths."""
+class TokenTree:
+    """KV cache of a prompt and of every token path expanded after it, in one sequence.
 
-    def __init__(self, model, shared_ids: Sequence[int], vocab: Sequence[int], restricted: bool,
-                 batch_size: int) -> None:
-        self.model, self.restricted, self.batch_size = model, restricted, batch_size
+    Tree attention: the prompt (``shared_ids``, P tokens) is run once; each :meth:`extend` call
+    appends one token for each of B nodes to the same batch-1 cache, and an explicit mask lets
+    node i attend to the prompt, its ancestors and itself only, at the position it would have
+    in its own sequence (P + depth - 1). A node's logits are therefore exactly those of
+    ``prompt + its token path`` run alone, while the prompt's keys and values are never
+    copied (copying them once per row cost more than the rows' own compute). Sliding-window
+    layers (Gemma-3) get the window applied by position in their own mask.
+
+    Nodes are numbered 0, 1, ... in the order they were added; ``None`` is the prompt's end.
+    ``root``: log-probabilities (len(vocab),) of the first token after the prompt.
+    """
+
+    def __init__(self, model, shared_ids: Sequence[int], vocab: Sequence[int], restricted: bool) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.restricted = model, restricted
         self.vocab = torch.tensor(list(vocab), device=model.device)
         self.column = {int(t): j for j, t in enumerate(vocab)}
         # A restricted softmax needs only the vocab rows of the LM head.
         self.rows = self.vocab if restricted and rows_only(model) else None
-        self.cache, root = prefix_cache(model, shared_ids, self.rows)
-        self.root = self._logprobs(root)[0]
-        self.n_positions = len(shared_ids)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        types = list(getattr(config, "layer_types", None) or [])
+        self.window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
+        self.n_prompt = len(shared_ids)
+        self.cache = DynamicCache()  # no config: plain layers, so no sliding layer drops prompt keys
+        self.positions: list[int] = []  # of each node
+        self.ancestors: list[list[int]] = []  # node slots each node attends to (itself last)
+        ids = torch.tensor([list(shared_ids)], device=model.device)
+        self.root = self._logprobs(self._forward(input_ids=ids)[-1:])[0]
+        self.n_positions = self.n_prompt
+
+    def _forward(self, **inputs: Any) -> torch.Tensor:
+        """Logits (B, V) or vocab-row logits (B, len(vocab)) at every input position of row 0."""
+        if self.rows is None:
+            return self.model(**inputs, past_key_values=self.cache, use_cache=True).logits[0]
+        hidden = self.model.base_model(**inputs, past_key_values=self.cache, use_cache=True).last_hidden_state
+        return _row_logits(self.model, hidden[0], self.rows)
 
     def _logprobs(self, logits: torch.Tensor) -> np.ndarray:
         return vocab_logprobs(logits, self.vocab, self.restricted, self.rows is not None)
 
-    def __call__(self, paths: Sequence[Sequence[int]]) -> np.ndarray:
-        """Rows (len(paths), len(vocab)); paths of equal length are batched without padding."""
-        out = np.empty((len(paths), len(self.vocab)))
-        groups: dict[int, list[int]] = {}
-        for i, path in enumerate(paths):
-            groups.setdefault(len(path), []).append(i)
-        for length, members in groups.items():
-            if length == 0:
-                out[members] = self.root
-                continue
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
-                ids = torch.tensor([list(paths[i]) for i in batch], device=self.model.device)
-                out[batch] = self._logprobs(extend_logits(self.model, self.cache, ids, self.rows))
-                self.n_positions += ids.numel()
-        return out
+    def extend(self, parents: Sequence[int | None], tokens: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        """Add node ``tokens[i]`` under ``parents[i]``: (new node ids, log-probs (B, len(vocab))
+        of the token after each new node)."""
+        n_old, b = len(self.positions), len(tokens)
+        device = self.model.device
+        new = list(range(n_old, n_old + b))
+        pos = []
+        for node, parent in zip(new, parents):
+            up = [] if parent is None else self.ancestors[parent]
+            self.ancestors.append([*up, node])
+            pos.append(self.n_prompt if parent is None else self.positions[parent] + 1)
+        self.positions.extend(pos)
+        kv = self.n_prompt + n_old + b
+        allowed = torch.zeros(b, kv, dtype=torch.bool, device=device)
+        allowed[:, : self.n_prompt] = True
+        for i, node in enumerate(new):
+            allowed[i, [self.n_prompt + a for a in self.ancestors[node]]] = True
+        q_pos = torch.tensor(pos, device=device)
+        k_pos = torch.cat([torch.arange(self.n_prompt, device=device),
+                           torch.tensor(self.positions, device=device, dtype=torch.long)])
+        dtype = next(self.model.parameters()).dtype
 
+        def additive(ok: torch.Tensor) -> torch.Tensor:  # eager and SDPA attention both take it
+            mask = torch.zeros(ok.shape, dtype=dtype, device=device)
+            return mask.masked_fill(~ok, torch.finfo(dtype).min)[None, None]
 
-def first_unit_logprobs(score: Scorer, tokens: NumberTokens) -> dict[str, float]:
-    """log P(first unit = u) for each digit and ``-``: the product along u's lead path."""
-    paths = sorted({ids[:i] for ids in tokens.leads.values() for i in range(len(ids))}, key=len)
-    rows = dict(zip(paths, score(paths)))
-    return {u: float(sum(rows[ids[:i]][score.column[t]] for i, t in enumerate(ids)))
-            for u, ids in tokens.leads.items()}
-
-
-def next_unit_logprobs(score: Scorer, tokens: NumberTokens, prefixes: Sequence[str],
-                       allowed: Sequence[Sequence[str]]) -> list[dict[str, float]]:
-    """log P(next unit = u | prefix) for the ``allowed`` units of each non-empty prefix."""
-    rows = score([tokens.ids(s) for s in prefixes])
-    return [{u: float(row[score.column[tokens.unit_ids[UNITS.index(u)]]]) for u in units}
-            for row, units in zip(rows, allowed)]
+        mask: Any = additive(allowed)
+        if self.window is not None:  # a model with sliding layers takes one mask per layer type
+            mask = {"full_attention": mask,
+                    "sliding_attention": additive(allowed & (k_pos[None] > q_pos[:, None] - self.window))}
+        logits = self._forward(input_ids=torch.tensor([list(tokens)], device=device),
+                               position_ids=q_pos[None], attention_mask=mask)
+        self.n_positions += b
+        return new, self._logprobs(logits)

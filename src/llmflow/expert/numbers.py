@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from decimal import ROUND_DOWN, Decimal
 
+import numpy as np
+
 DIGITS = "0123456789"
 TERM = "$"  # internal symbol of the terminator unit (the real terminator is a config string)
 UNITS: tuple[str, ...] = (*DIGITS, "-", ".", TERM)  # column order of unit log-probabilities
@@ -30,6 +32,16 @@ def format_number(value: float, decimals: int, rounding: str = "truncate") -> st
     # Decimal(repr) truncates the shortest decimal repr, so 0.29 stays 0.29 (not 0.28999...).
     magnitude = Decimal(repr(abs(value))).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
     return ("-" if value < 0 else "") + format(magnitude, "f")
+
+
+def to_llm_units(y: np.ndarray, scale: float, shift: float) -> np.ndarray:
+    """``(y - shift) / scale`` element-wise, in decimal arithmetic on the values' shortest reprs,
+    so a power-of-ten scale moves the point exactly: 0.00251 at scale 1e-4 is 25.1, where float
+    division gives 25.099999999999998 (written "25.0" by truncation). NaN/inf pass through."""
+    y = np.asarray(y, dtype=float)
+    a, b = Decimal(repr(float(shift))), Decimal(repr(float(scale)))
+    out = [float((Decimal(repr(float(v))) - a) / b) if math.isfinite(v) else float(v) for v in y.ravel()]
+    return np.asarray(out, dtype=float).reshape(y.shape)
 
 
 def number_interval(s: str, decimals: int, rounding: str = "truncate") -> tuple[float, float]:
@@ -51,6 +63,32 @@ def number_interval(s: str, decimals: int, rounding: str = "truncate") -> tuple[
         lo, hi = max(lo - half, 0.0), hi - half
     return (-hi, -lo) if negative else (lo, hi)
 
+
+def prefix_intervals(s: str, decimals: int, max_int_digits: int,
+                     rounding: str = "truncate") -> list[tuple[float, float]]:
+    """Disjoint intervals [lower, upper) of all values whose string starts with the prefix ``s``.
+
+    A prefix that holds its whole integer part (``19.``, ``19.3``) is one interval
+    (:func:`number_interval`). One that does not (``19`` may still become ``19.5``, ``195.5``,
+    ...; ``-`` any negative number) is a union, one interval per count of integer digits up to
+    ``max_int_digits``: ``19`` with 3 digits at most is [19, 20) ∪ [190, 200).
+    """
+    negative = s.startswith("-")
+    int_part = s[1:] if negative else s
+    if "." in int_part:
+        return [number_interval(s, decimals, rounding)]
+    if int_part and not int_part.isdigit():
+        raise ValueError(f"not a number prefix: {s!r}")
+    if int_part:
+        extra = 0 if int_part == "0" else max(max_int_digits - len(int_part), 0)
+        v = int(int_part)
+        pieces = [(float(v * 10**k), float((v + 1) * 10**k)) for k in range(extra + 1)]
+    else:  # the sign alone: 1, 2, ... integer digits
+        pieces = [(0.0 if n == 1 else 10.0 ** (n - 1), 10.0**n) for n in range(1, max_int_digits + 1)]
+    if rounding == "round":  # as in number_interval: a rounded string's values sit half a step lower
+        half = 0.5 * 10.0**-decimals
+        pieces = [(max(lo - half, 0.0), hi - half) for lo, hi in pieces]
+    return [(-hi, -lo) for lo, hi in pieces] if negative else pieces
 
 
 def allowed_units(s: str, decimals: int, max_int_digits: int, allow_negative: bool) -> list[str]:

@@ -14,19 +14,22 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from llmflow.expert.numbers import format_number
+from llmflow.expert.numbers import format_number, to_llm_units
 from llmflow.expert.prompt import (PromptStyle, build_prompt, chat_wrapper, check_context,
                                    prepare_text, prompt_style)
-from llmflow.expert.trie import binned_distribution
+from llmflow.expert.trie import Bins, binned_distribution
 from llmflow.io import write_zarr
+
 
 @dataclass(frozen=True)
 class ExpertConfig:
     """Settings of the I-LLMP expert (config section ``expert``); see the config schema.
 
-    ``rescale``: ``none``; ``pow10`` (y multiplied by a power of ten so that the largest |y| of
-    the context has ``rescale_digits`` integer digits: digits keep their meaning, only the point
-    moves); or an explicit ``{"scale": a, "shift": b}`` with y_llm = (y - b) / a.
+    ``rescale``: ``auto`` (:func:`auto_affine`), ``none``, ``pow10`` (y multiplied by a power of
+    ten so that the largest |y| of the context has ``rescale_digits`` integer digits: digits
+    keep their meaning, only the point moves); or an explicit ``{"scale": a, "shift": b}`` with
+    y_llm = (y - b) / a. ``max_nodes``/``threshold``: the trie's budget of expanded prefixes and
+    the least probability worth expanding (:func:`~llmflow.expert.trie.binned_distribution`).
     """
 
     style: str = "default"
@@ -40,12 +43,13 @@ class ExpertConfig:
     text_numbers: bool | None = None
     rule_before_query: bool | None = None
     chat: bool | None = None
-    threshold: float = 1e-3
+    threshold: float = 1e-4
+    max_nodes: int | None = 128
     coarse: bool = True
     max_int_digits: int | None = None
     allow_negative: bool = True
-    rescale: Any = "none"
-    rescale_digits: int = 2
+    rescale: Any = "auto"
+    rescale_digits: int = 1
     batch_size: int = 64
 
     @classmethod
@@ -60,8 +64,40 @@ class ExpertConfig:
                             rule_before_query=self.rule_before_query, chat=self.chat)
 
 
+# Context y whose spread is below this fraction of their largest magnitude share their leading
+# digits (a pressure of 101,325 ± 150 Pa): written as they are, a few significant digits would
+# show no variation at all, so ``auto`` subtracts a round offset first.
+OFFSET_SPREAD = 0.05
+
+
+def auto_affine(y_context: np.ndarray, digits: int = 1) -> tuple[float, float]:
+    """(scale, shift) that shows the context's y with a few significant digits.
+
+    The LLMTime/LLMP practice: y_llm = (y - shift) / scale with ``scale`` a power of ten such
+    that the largest |y - shift| of the context has ``digits`` integer digits (1e-6 → 1.00,
+    101,325 → 1.01, 0.25 → 2.50 at one digit). ``shift`` is 0 unless the context's spread is
+    below ``OFFSET_SPREAD`` of its largest |y|; then it is the context's median rounded to the
+    spread's power of ten (101,325 ± 150 → shift 101,300, y_llm in [-1.25, 1.75]). Scale and
+    shift are exact in decimal, so bins map back to data units exactly.
+    """
+    y = np.asarray(y_context, dtype=float)
+    y = y[np.isfinite(y)]
+    top = float(np.max(np.abs(y))) if len(y) else 0.0
+    if top == 0.0:
+        return 1.0, 0.0
+    spread = float(y.max() - y.min())
+    shift = 0.0
+    if 0.0 < spread < OFFSET_SPREAD * top:
+        step = 10.0 ** math.floor(math.log10(spread))
+        shift = float(round(float(np.median(y)) / step) * step)
+        top = float(np.max(np.abs(y - shift)))
+    return 10.0 ** (math.floor(math.log10(top)) + 1 - digits), shift
+
+
 def affine_for(y_context: np.ndarray, cfg: ExpertConfig) -> tuple[float, float]:
     """(scale, shift) with y_llm = (y - shift) / scale, per ``cfg.rescale``."""
+    if cfg.rescale == "auto":
+        return auto_affine(y_context, cfg.rescale_digits)
     if cfg.rescale in ("none", None):
         return 1.0, 0.0
     if cfg.rescale == "pow10":
@@ -71,7 +107,7 @@ def affine_for(y_context: np.ndarray, cfg: ExpertConfig) -> tuple[float, float]:
         return 10.0 ** (math.floor(math.log10(top)) + 1 - cfg.rescale_digits), 0.0
     if isinstance(cfg.rescale, dict) and float(cfg.rescale.get("scale", 0)) > 0:
         return float(cfg.rescale["scale"]), float(cfg.rescale.get("shift", 0.0))
-    raise ValueError(f"expert.rescale must be none, pow10 or {{scale > 0, shift}}, got {cfg.rescale!r}")
+    raise ValueError(f"expert.rescale must be auto, none, pow10 or {{scale > 0, shift}}, got {cfg.rescale!r}")
 
 
 def default_int_digits(y_llm: np.ndarray) -> int:
@@ -84,22 +120,30 @@ def _check_resolution(y_llm: np.ndarray, style: PromptStyle) -> None:
     if len(np.unique(y_llm)) > 1 and len(texts) == 1:
         raise ValueError(
             f"decimals={style.decimals} writes every context y (range [{y_llm.min():g}, "
-            f"{y_llm.max():g}]) as {texts.pop()!r}; raise expert.decimals or set expert.rescale"
+            f"{y_llm.max():g}]) as {texts.pop()!r}; raise expert.decimals or set expert.rescale: auto"
         )
 
 
-def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_name: str,
-                progress: bool = True) -> xr.Dataset:
-    """I-LLMP bins at every target of ``task`` (an xarray task Dataset), in the data's units.
+@dataclass(frozen=True)
+class TaskPrompts:
+    """A task as the LLM reads it. ``prompts[j]`` ends where target j's number starts;
+    ``truths[j]`` is the string of its known y (None where unknown); y_llm = (y - shift) / scale;
+    ``max_int_digits`` bounds the trie's numbers."""
 
-    Returns a Dataset with ``lower, upper, logp, complete (target, bin)`` (padded with NaN edges,
-    -inf logp, False), ``lost_mass, lost_pruned, lost_invalid, nll_target, n_positions
-    (target)``, ``x_target (target, x_dim)``, ``y_target (target)``; attrs record the model, the
-    prompt settings, the affine map and one example prompt. ``nll_target`` is -log q(y_target)
-    with q the binned density (NaN where y_target is unknown).
+    style: PromptStyle
+    prompts: list[str]
+    truths: list[str | None]
+    scale: float
+    shift: float
+    max_int_digits: int
+
+
+def task_prompts(tokenizer, task: xr.Dataset, cfg: ExpertConfig) -> TaskPrompts:
+    """Every target's prompt of ``task`` (an xarray task Dataset) under ``cfg``.
+
+    Raises ValueError (one line) on NaN/inf context, a context the style's decimals cannot tell
+    apart, or ``max_int_digits`` below a context value's digits.
     """
-    from tqdm.auto import tqdm
-
     style = cfg.prompt_style()
     x_c = np.asarray(task["x_context"].values, dtype=float)
     y_c = np.asarray(task["y_context"].values, dtype=float)
@@ -107,23 +151,50 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
     y_t = np.asarray(task["y_target"].values, dtype=float)
     check_context(x_c, y_c, x_t)
     scale, shift = affine_for(y_c, cfg)
-    y_llm = (y_c - shift) / scale
+    y_llm = to_llm_units(y_c, scale, shift)
     _check_resolution(y_llm, style)
     max_int = cfg.max_int_digits or default_int_digits(y_llm)
     if default_int_digits(y_llm) - 1 > max_int:
         raise ValueError(f"expert.max_int_digits={max_int} is below the digits of a context y")
     text = prepare_text(str(task.attrs.get("text", "")), style, scale, shift)
     chat = chat_wrapper(tokenizer) if style.chat else None
+    prompts = [build_prompt(x_c, y_llm, x, text, style, chat) for x in x_t]
+    truths = [format_number(y, style.decimals, style.rounding) if np.isfinite(y) else None
+              for y in to_llm_units(y_t, scale, shift)]
+    return TaskPrompts(style, prompts, truths, scale, shift, max_int)
 
-    results, prompts = [], []
-    for j in tqdm(range(len(x_t)), desc=f"expert {task.attrs.get('name', '')}", disable=not progress):
-        prompt = build_prompt(x_c, y_llm, x_t[j], text, style, chat)
-        prompts.append(prompt)
-        results.append(binned_distribution(
-            model, tokenizer, prompt, style.decimals, lead=style.lead, threshold=cfg.threshold,
-            restricted=style.restricted, terminator=style.terminator, max_int_digits=max_int,
-            allow_negative=cfg.allow_negative, coarse=cfg.coarse, rounding=style.rounding,
-            batch_size=cfg.batch_size))
+
+def target_bins(model, tokenizer, tp: TaskPrompts, j: int, cfg: ExpertConfig) -> Bins:
+    """The trie's bins of target j of ``tp`` (LLM units), with its truth's string scored."""
+    style = tp.style
+    return binned_distribution(
+        model, tokenizer, tp.prompts[j], style.decimals, lead=style.lead, threshold=cfg.threshold,
+        max_nodes=cfg.max_nodes, restricted=style.restricted, terminator=style.terminator,
+        max_int_digits=tp.max_int_digits, allow_negative=cfg.allow_negative, coarse=cfg.coarse,
+        rounding=style.rounding, batch_size=cfg.batch_size, truth=tp.truths[j])
+
+
+def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_name: str,
+                progress: bool = True) -> xr.Dataset:
+    """I-LLMP bins at every target of ``task`` (an xarray task Dataset), in the data's units.
+
+    Returns a Dataset with ``lower, upper, logp, complete (target, bin)`` (padded with NaN edges,
+    -inf logp, False) and per target: ``lost_mass, lost_pruned, lost_invalid``; ``mass_coarse``
+    (probability in bins wider than the data's resolution, ``10^-decimals · scale``) and
+    ``mass_union`` (in prefixes left without their integer part, see ``trie``);
+    ``nll_target`` = -log of the truth string's own probability + log(resolution in data
+    units), the LLMP reference's NLL (NaN where y_target is unknown); ``n_positions``,
+    ``n_expanded``; ``x_target (target, x_dim)``, ``y_target (target)``. attrs record the model,
+    the prompt settings, the affine map and one example prompt.
+    """
+    from tqdm.auto import tqdm
+
+    tp = task_prompts(tokenizer, task, cfg)
+    style, scale, shift = tp.style, tp.scale, tp.shift
+    x_t = np.asarray(task["x_target"].values, dtype=float)
+    y_t = np.asarray(task["y_target"].values, dtype=float)
+    results = [target_bins(model, tokenizer, tp, j, cfg)
+               for j in tqdm(range(len(x_t)), desc=f"expert {task.attrs.get('name', '')}", disable=not progress)]
 
     for j, b in enumerate(results):
         if not len(b.logp):  # no density to offer: stop here rather than write an empty one
@@ -136,13 +207,13 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
     upper = np.full((len(results), n_bin), np.nan)
     logp = np.full((len(results), n_bin), -np.inf)
     complete = np.zeros((len(results), n_bin), dtype=bool)
-    nll = np.full(len(results), np.nan)
+    resolution = 10.0 ** -style.decimals
     for j, b in enumerate(results):
         n = len(b.logp)
         lower[j, :n], upper[j, :n] = b.lower * scale + shift, b.upper * scale + shift
         logp[j, :n], complete[j, :n] = b.logp, b.complete
-        if np.isfinite(y_t[j]):
-            nll[j] = -float(b.log_density(np.array((y_t[j] - shift) / scale))) + math.log(scale)
+    nll = np.array([-b.truth_logp + math.log(resolution * scale) for b in results])
+    coarse = np.array([float(np.exp(b.logp[b.widths > resolution * (1 + 1e-9)]).sum()) for b in results])
     attrs = {
         "task": str(task.attrs.get("name", "")), "model": model_name, "style": style.name,
         "decimals": style.decimals, "x_decimals": style.x_decimals, "order": style.order,
@@ -151,8 +222,9 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
         "preamble": style.preamble, "text_numbers": int(style.text_numbers),
         "rule_before_query": int(style.rule_before_query), "chat": int(style.chat),
         "terminator": style.terminator, "threshold": cfg.threshold, "coarse": int(cfg.coarse),
-        "max_int_digits": max_int, "scale": scale, "shift": shift,
-        "prompt_example": prompts[0] if prompts else "",
+        "max_nodes": -1 if cfg.max_nodes is None else cfg.max_nodes,
+        "max_int_digits": tp.max_int_digits, "scale": scale, "shift": shift,
+        "prompt_example": tp.prompts[0] if tp.prompts else "",
     }
     return xr.Dataset(
         {
@@ -165,8 +237,11 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
             "lost_pruned": (("target",), np.array([b.lost_pruned for b in results])),
             "lost_invalid": (("target",), np.array([b.lost_invalid for b in results])),
             "lost_mass": (("target",), np.array([b.lost_mass for b in results])),
+            "mass_coarse": (("target",), coarse),
+            "mass_union": (("target",), np.array([b.mass_union for b in results])),
             "nll_target": (("target",), nll),
             "n_positions": (("target",), np.array([b.n_positions for b in results], dtype=np.int64)),
+            "n_expanded": (("target",), np.array([b.n_expanded for b in results], dtype=np.int64)),
         },
         attrs=attrs,
     )
@@ -175,7 +250,7 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
 def fingerprint(task: xr.Dataset, settings: dict[str, Any]) -> str:
     """Short hash of a task's data and text plus ``settings``: the key of a cached result."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name in ("x_context", "y_context", "x_target"):
+    for name in ("x_context", "y_context", "x_target", "y_target"):  # y_target: its scored NLL
         digest.update(np.ascontiguousarray(task[name].values, dtype=np.float64).tobytes())
     digest.update(str(task.attrs.get("text", "")).encode())
     return digest.hexdigest()[:16]

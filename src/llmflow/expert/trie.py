@@ -1,24 +1,43 @@
-"""The digit trie: every bin of the number the LLM writes after a prompt, with its probability.
+"""The digit trie: the binned distribution of the number the LLM writes after a prompt.
 
-The prompt is run once and its KV cache shared; each trie level is one batched forward of the
-live prefixes; prefixes whose probability is below ``threshold`` are not refined. A pruned prefix
-that already has its integer part (``19.`` or ``19.3``) stays a coarser bin ([19, 20) or
-[19.3, 19.4)) carrying its exact probability; pruned mass without an interval (``19`` could
-still become 190) is reported as ``lost_pruned``. Mass on tokens that cannot continue a
-number is ``lost_invalid``. complete bins + coarse bins + lost mass = 1.
+Every number string (sign, integer digits, point, ``decimals`` decimals, terminator) is a path
+in a trie of *units*; a prefix's probability is the product of its units' probabilities, read
+off one forward of the prefix's last token. The search spends a budget of expanded prefixes
+(``max_nodes``) where the mass is, best first:
+
+1. prefixes whose integer part is not complete (the magnitude: ``1`` may become ``1.``, ``12.``
+   or ``123.``), by mass;
+2. then prefixes with a complete integer part that still lack decimals (``12.``, ``12.3``), by
+   mass;
+3. last, full-resolution prefixes that only await the terminator (``12.34``): expanding them
+   measures how much of their mass goes to invalid continuations, not where it lies.
+
+No mass is dropped when the budget or ``threshold`` stops the search: a prefix that is not
+expanded is a coarse bin carrying its exact probability (``12.`` is [12, 13)); one without its
+integer part is a union of intervals, one per possible count of integer digits, each carrying an
+equal share of the prefix's mass (``1`` with at most 3 integer digits: [1, 2), [10, 20),
+[100, 200), a third each) — the LLM has not said which, and that share is reported as
+``mass_union``. Mass on tokens that cannot continue a number (``lost_invalid``) is the model's
+own and is measured wherever a prefix is expanded.
+
+All prefixes live in one :class:`~llmflow.expert.lm.TokenTree` (the prompt's KV cache plus one
+token per expanded prefix, tree attention), so each batch of prefixes costs one forward of as
+many tokens and the prompt is never copied.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from llmflow.expert.lm import Scorer, first_unit_logprobs, next_unit_logprobs
-from llmflow.expert.numbers import TERM, allowed_units, number_interval
-from llmflow.expert.tokens import number_tokens
+from llmflow.expert.lm import TokenTree
+from llmflow.expert.numbers import TERM, UNITS, allowed_units, prefix_intervals
+from llmflow.expert.tokens import NumberTokens, number_tokens
+
 
 @dataclass
 class Bins:
@@ -27,7 +46,10 @@ class Bins:
     Arrays have shape (n_bins,), sorted by ``lower``. ``strings``: the number strings (coarse
     bins end mid-number, e.g. ``19.``); ``logp``: natural-log probability, including the lead
     and, for complete bins, the terminator; ``complete``: False for coarse bins.
-    ``n_positions``: token positions evaluated by the model (prompt included).
+    ``n_positions``: token positions evaluated by the model (prompt included). ``mass_union``:
+    mass of prefixes left without their integer part, spread over one bin per possible digit
+    count (see the module). ``n_expanded``: prefixes expanded. ``truth_logp``: log-probability
+    of the string asked for with ``truth`` (lead, digits and terminator), NaN if none.
     """
 
     strings: list[str]
@@ -38,6 +60,9 @@ class Bins:
     lost_pruned: float
     lost_invalid: float
     n_positions: int
+    mass_union: float = 0.0
+    n_expanded: int = 0
+    truth_logp: float = math.nan
 
     @property
     def lost_mass(self) -> float:
@@ -51,6 +76,19 @@ class Bins:
         with np.errstate(divide="ignore"):
             return np.log(dens)
 
+    @property
+    def widths(self) -> np.ndarray:
+        return self.upper - self.lower
+
+
+_INT, _DECIMALS, _TERMINATOR = 0, 1, 2  # expansion classes, in the order the search serves them
+
+
+def _expansion_class(s: str, decimals: int) -> int:
+    body = s[1:] if s.startswith("-") else s
+    if "." not in body and (decimals > 0 or not body):
+        return _INT
+    return _DECIMALS if len(body.partition(".")[2]) < decimals else _TERMINATOR
 
 
 def binned_distribution(
@@ -61,6 +99,7 @@ def binned_distribution(
     *,
     lead: str = "",
     threshold: float = 1e-6,
+    max_nodes: int | None = None,
     restricted: bool = True,
     terminator: str = "\n",
     max_int_digits: int = 6,
@@ -68,12 +107,10 @@ def binned_distribution(
     coarse: bool = True,
     rounding: str = "truncate",
     batch_size: int = 64,
+    truth: str | None = None,
+    tokens: NumberTokens | None = None,
 ) -> Bins:
-    """Every bin of the number the LLM writes after ``prompt``, with its log-probability.
-
-    binned_distribution(model, tokenizer, prompt: str, decimals: int, *, lead="",
-        threshold=1e-6, restricted=True, terminator="\\n", max_int_digits=6,
-        allow_negative=True, coarse=True, rounding="truncate", batch_size=64) -> Bins
+    """Binned distribution of the number the LLM writes after ``prompt`` (see the module).
 
     ``model``/``tokenizer``: a loaded Hugging Face causal LM (eval mode) and its tokenizer,
     which must split numbers into one token per character. ``prompt`` ends where the number's
@@ -83,62 +120,120 @@ def binned_distribution(
     (``.`` + exactly ``decimals`` digits if ``decimals`` > 0) + ``terminator``. Its log-prob is
     the sum of the log-probs of the tokens of ``lead + number + terminator``, exactly as when
     ``prompt + lead + number + terminator`` is tokenized and scored as one string (softmax over
-    number tokens only if ``restricted``). Prefixes with probability < ``threshold`` are not
-    refined: with ``coarse`` those holding their whole integer part become coarser bins, the
-    rest count as ``lost_pruned``; mass on tokens that cannot continue a number is
-    ``lost_invalid``. ``threshold=0`` enumerates every number (only for tiny ranges).
-    Returns ``Bins`` (edges in the prompt's number units, see ``number_interval``) with
-    ``exp(logp).sum() + lost_pruned + lost_invalid == 1``.
+    number tokens only if ``restricted``).
+
+    Search: at most ``max_nodes`` prefixes are expanded (None: no budget), ``batch_size`` per
+    forward, none with probability below ``threshold`` (0: every one, only for tiny ranges).
+    With ``coarse`` every prefix left is a coarse bin (or a union of bins, see the module);
+    without it, its mass is ``lost_pruned``. ``truth``: a number string (no lead, no
+    terminator) whose exact log-probability is returned as ``truth_logp`` (its prefixes are
+    scored without changing the bins). ``tokens``: :func:`number_tokens` of the prompt, when the
+    caller already has it.
+
+    Returns ``Bins`` (edges in the prompt's number units, see ``prefix_intervals``), sorted by
+    edge, with ``exp(logp).sum() + lost_pruned + lost_invalid == 1``.
     """
     if decimals < 0:
         raise ValueError(f"decimals must be >= 0, got {decimals}")
-    tokens = number_tokens(tokenizer, prompt, lead, terminator)
+    tokens = tokens or number_tokens(tokenizer, prompt, lead, terminator)
     log_threshold = math.log(threshold) if threshold > 0 else -math.inf
-    strings: list[str] = []
-    logps: list[float] = []
-    complete: list[bool] = []
+    budget = math.inf if max_nodes is None else max_nodes
+    bins: list[tuple[str, float, bool]] = []  # (string, logp, complete)
     lost_pruned = lost_invalid = 0.0
+    rows: dict[str, np.ndarray] = {}  # next-unit log-probs (len(vocab),) of each expanded prefix
 
     with torch.inference_mode():
-        score = Scorer(model, tokens.shared_ids, tokens.vocab, restricted, batch_size)
-        first = first_unit_logprobs(score, tokens)
-        level: list[tuple[str, float]] = [("", 0.0)]
-        while level:
-            if level[0][0]:
-                unit_lp = next_unit_logprobs(
-                    score, tokens, [s for s, _ in level],
-                    [allowed_units(s, decimals, max_int_digits, allow_negative) for s, _ in level])
-            else:  # the root: all numbers start here
-                unit_lp = [{u: first[u] for u in allowed_units("", decimals, max_int_digits,
-                                                               allow_negative)}]
-            nxt: list[tuple[str, float]] = []
-            for (s, lp), children in zip(level, unit_lp):
-                kept = 0.0
-                for u, ulp in children.items():
-                    child_lp = lp + float(ulp)
-                    kept += math.exp(child_lp)
-                    if u == TERM:
-                        strings.append(s), logps.append(child_lp), complete.append(True)
-                    elif child_lp >= log_threshold:
-                        nxt.append((s + u, child_lp))
-                    elif coarse and "." in s + u:
-                        strings.append(s + u), logps.append(child_lp), complete.append(False)
-                    else:
-                        lost_pruned += math.exp(child_lp)
-                lost_invalid += max(math.exp(lp) - kept, 0.0)
-            level = nxt
-        n_positions = score.n_positions
+        tree = TokenTree(model, tokens.shared_ids, tokens.vocab, restricted)
+        col = tree.column
+        node_of: dict[tuple[int, ...], int | None] = {(): None}
 
-    edges = np.array([number_interval(s, decimals, rounding) for s in strings]).reshape(-1, 2)
-    order = np.argsort(edges[:, 0], kind="stable")
+        def feed(paths: list[tuple[int, ...]]) -> list[np.ndarray]:
+            """Add each path's last token (its parent path already fed); their next-token rows."""
+            out: list[np.ndarray] = []
+            for i in range(0, len(paths), batch_size):
+                chunk = paths[i:i + batch_size]
+                ids, lp = tree.extend([node_of[p[:-1]] for p in chunk], [p[-1] for p in chunk])
+                node_of.update(zip(chunk, ids))
+                out.extend(lp)
+            return out
+
+        # The first unit: the products along the lead paths (often two tokens, 'Ġ' '3').
+        row_of: dict[tuple[int, ...], np.ndarray] = {(): tree.root}
+        inner = sorted({ids[:i] for ids in tokens.leads.values() for i in range(1, len(ids))}, key=len)
+        for depth in sorted({len(p) for p in inner}):
+            level = [p for p in inner if len(p) == depth]
+            row_of.update(zip(level, feed(level)))
+
+        def lead_logp(u: str) -> float:
+            ids = tokens.leads[u]
+            return float(sum(row_of[ids[:i]][col[t]] for i, t in enumerate(ids)))
+
+        def unit_lp(s: str, u: str) -> float:
+            return lead_logp(u) if not s else float(rows[s][col[tokens.unit_ids[UNITS.index(u)]]])
+
+        frontier: list[tuple[int, float, str]] = []  # heap of (class, -logp, prefix)
+        left: list[tuple[str, float]] = []  # prefixes below the threshold: never expanded
+
+        def children(s: str, lp: float) -> None:
+            nonlocal lost_invalid
+            kept = 0.0
+            for u in allowed_units(s, decimals, max_int_digits, allow_negative):
+                child = lp + unit_lp(s, u)
+                kept += math.exp(child)
+                if u == TERM:
+                    bins.append((s, child, True))
+                elif child < log_threshold:
+                    left.append((s + u, child))
+                else:
+                    heapq.heappush(frontier, (_expansion_class(s + u, decimals), -child, s + u))
+            lost_invalid += max(math.exp(lp) - kept, 0.0)
+
+        children("", 0.0)
+        n_expanded = 0
+        while frontier and n_expanded < budget:
+            batch = []
+            while frontier and len(batch) < batch_size and n_expanded + len(batch) < budget:
+                batch.append(heapq.heappop(frontier))
+            rows.update(zip([s for *_, s in batch], feed([tuple(tokens.ids(s)) for *_, s in batch])))
+            n_expanded += len(batch)
+            for _, neg_lp, s in batch:
+                children(s, -neg_lp)
+
+        truth_logp = math.nan
+        if truth is not None:  # score the truth's own string; its prefixes add no bins
+            units = [*truth, TERM]
+            for k in range(1, len(units)):
+                s = truth[:k]
+                if s not in rows:
+                    rows[s] = feed([tuple(tokens.ids(s))])[0]
+            truth_logp = sum(unit_lp(truth[:k], u) for k, u in enumerate(units))
+        n_positions = tree.n_positions
+
+    mass_union = 0.0
+    strings, lower, upper, logps, complete = [], [], [], [], []
+    for s, lp in [*left, *((s, -neg_lp) for _, neg_lp, s in frontier)]:
+        if coarse:
+            bins.append((s, lp, False))
+        else:
+            lost_pruned += math.exp(lp)
+    for s, lp, done in bins:
+        pieces = prefix_intervals(s, decimals, max_int_digits, rounding)
+        if len(pieces) > 1:
+            mass_union += math.exp(lp)
+        for lo, hi in pieces:
+            strings.append(s), lower.append(lo), upper.append(hi)
+            logps.append(lp - math.log(len(pieces))), complete.append(done)
+    order = np.argsort(np.asarray(lower, dtype=float), kind="stable")
     return Bins(
         strings=[strings[i] for i in order],
-        lower=edges[order, 0],
-        upper=edges[order, 1],
+        lower=np.asarray(lower, dtype=float)[order],
+        upper=np.asarray(upper, dtype=float)[order],
         logp=np.asarray(logps, dtype=float)[order],
         complete=np.asarray(complete, dtype=bool)[order],
         lost_pruned=lost_pruned,
         lost_invalid=lost_invalid,
         n_positions=n_positions,
+        mass_union=mass_union,
+        n_expanded=n_expanded,
+        truth_logp=truth_logp,
     )
-
