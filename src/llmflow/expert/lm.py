@@ -109,7 +109,8 @@ class TokenTree:
         self.column = {int(t): j for j, t in enumerate(vocab)}
         # A restricted softmax needs only the vocab rows of the LM head.
         self.rows = self.vocab if restricted and rows_only(model) else None
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = getattr(model, "config", None)
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
         types = list(getattr(config, "layer_types", None) or [])
         self.window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
         self.n_prompt = len(shared_ids)

@@ -180,6 +180,8 @@ def binned_distribution(
             for u in allowed_units(s, decimals, max_int_digits, allow_negative):
                 child = lp + unit_lp(s, u)
                 kept += math.exp(child)
+                if child == -math.inf:  # no mass: no bin
+                    continue
                 if u == TERM:
                     bins.append((s, child, True))
                 elif child < log_threshold:
