@@ -124,6 +124,22 @@ def _check_resolution(y_llm: np.ndarray, style: PromptStyle) -> None:
         )
 
 
+def llm_numbers(y_context: np.ndarray, cfg: ExpertConfig) -> tuple[float, float, np.ndarray, int]:
+    """(scale, shift, y_llm, max_int_digits): the context y as the LLM reads them.
+
+    Needs no model, so the workflow runs it on every user task before any job starts. Raises
+    ValueError (one line) when the style's decimals write every context y alike, or when
+    ``expert.max_int_digits`` is below a context value's digits.
+    """
+    scale, shift = affine_for(y_context, cfg)
+    y_llm = to_llm_units(y_context, scale, shift)
+    _check_resolution(y_llm, cfg.prompt_style())
+    max_int = cfg.max_int_digits or default_int_digits(y_llm)
+    if default_int_digits(y_llm) - 1 > max_int:
+        raise ValueError(f"expert.max_int_digits={max_int} is below the digits of a context y")
+    return scale, shift, y_llm, max_int
+
+
 @dataclass(frozen=True)
 class TaskPrompts:
     """A task as the LLM reads it. ``prompts[j]`` ends where target j's number starts;
@@ -150,12 +166,7 @@ def task_prompts(tokenizer, task: xr.Dataset, cfg: ExpertConfig) -> TaskPrompts:
     x_t = np.asarray(task["x_target"].values, dtype=float)
     y_t = np.asarray(task["y_target"].values, dtype=float)
     check_context(x_c, y_c, x_t)
-    scale, shift = affine_for(y_c, cfg)
-    y_llm = to_llm_units(y_c, scale, shift)
-    _check_resolution(y_llm, style)
-    max_int = cfg.max_int_digits or default_int_digits(y_llm)
-    if default_int_digits(y_llm) - 1 > max_int:
-        raise ValueError(f"expert.max_int_digits={max_int} is below the digits of a context y")
+    scale, shift, y_llm, max_int = llm_numbers(y_c, cfg)
     text = prepare_text(str(task.attrs.get("text", "")), style, scale, shift)
     chat = chat_wrapper(tokenizer) if style.chat else None
     prompts = [build_prompt(x_c, y_llm, x, text, style, chat) for x in x_t]
