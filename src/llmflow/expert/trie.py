@@ -36,7 +36,7 @@ import torch
 
 from llmflow.expert.lm import TokenTree
 from llmflow.expert.numbers import TERM, UNITS, allowed_units, prefix_intervals
-from llmflow.expert.tokens import NumberTokens, number_tokens
+from llmflow.expert.tokens import number_tokens
 
 
 @dataclass
@@ -108,7 +108,6 @@ def binned_distribution(
     rounding: str = "truncate",
     batch_size: int = 64,
     truth: str | None = None,
-    tokens: NumberTokens | None = None,
 ) -> Bins:
     """Binned distribution of the number the LLM writes after ``prompt`` (see the module).
 
@@ -127,15 +126,14 @@ def binned_distribution(
     With ``coarse`` every prefix left is a coarse bin (or a union of bins, see the module);
     without it, its mass is ``lost_pruned``. ``truth``: a number string (no lead, no
     terminator) whose exact log-probability is returned as ``truth_logp`` (its prefixes are
-    scored without changing the bins). ``tokens``: :func:`number_tokens` of the prompt, when the
-    caller already has it.
+    scored without changing the bins).
 
     Returns ``Bins`` (edges in the prompt's number units, see ``prefix_intervals``), sorted by
     edge, with ``exp(logp).sum() + lost_pruned + lost_invalid == 1``.
     """
     if decimals < 0:
         raise ValueError(f"decimals must be >= 0, got {decimals}")
-    tokens = tokens or number_tokens(tokenizer, prompt, lead, terminator)
+    tokens = number_tokens(tokenizer, prompt, lead, terminator)
     log_threshold = math.log(threshold) if threshold > 0 else -math.inf
     budget = math.inf if max_nodes is None else max_nodes
     bins: list[tuple[str, float, bool]] = []  # (string, logp, complete)
