@@ -77,8 +77,8 @@ def main() -> None:
         texts = [style.lead + s + (style.terminator if c else "")
                  for s, c in zip(bins.strings, bins.complete)]
         t0 = time.perf_counter()
-        grid, n_grid = score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
-                                            restrict_to=tokens.vocab, batch_size=args.grid_batch)
+        grid, n_grid = score_strings(model, tok, prompt, texts, restrict_to=tokens.vocab,
+                                     batch_size=args.grid_batch)
         t_grid = time.perf_counter() - t0
         rows.append((j, len(bins.logp), t_trie, bins.n_positions, t_grid, n_grid,
                      float(np.abs(grid - bins.logp).max()), bins.lost_mass))

@@ -55,9 +55,8 @@ def _texts(bins: expert.Bins, lead: str = " ") -> list[str]:
 
 def _brute(model, tok, prompt, texts, restricted=True, lead=" "):
     tokens = expert.number_tokens(tok, prompt, lead)
-    return score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
-                                restrict_to=tokens.vocab if restricted else None,
-                                batch_size=64)[0]
+    return score_strings(model, tok, prompt, texts,
+                         restrict_to=tokens.vocab if restricted else None, batch_size=64)[0]
 
 
 # ----------------------------------------------------------------------------- formats
@@ -158,6 +157,38 @@ def test_pruning_keeps_mass_in_coarse_bins(tiny_model, smol_tokenizer):
     widths = coarse.upper - coarse.lower
     assert np.allclose(widths[coarse.complete], 0.1)
     assert np.all(widths[~coarse.complete] >= 0.1 - 1e-12)  # "2.3" without "\n", or "2."
+
+
+def test_number_starts_where_the_prompt_ends(smol_tokenizer):
+    """SmolLM2 writes "3,-" with one token ',-': the prompt keeps its ',' and the number is
+    '-' '0' ... scored after it; the restricted softmax runs over 13 tokens, as the LLMP
+    reference's (digits, '-', '.', '\n')."""
+    tok = smol_tokenizer
+    prompt = "1, -2.50\n2, 3.00\n3,"
+    assert ",-" in tok.convert_ids_to_tokens(tok(prompt + "-0.4")["input_ids"])
+    one = {c: tok.convert_tokens_to_ids(c) for c in "0123456789-."}
+    assert expert.continuation_ids(tok, prompt, "-0.4\n") == [
+        one["-"], one["0"], one["."], one["4"], tok.convert_tokens_to_ids("Ċ")]
+    tokens = expert.number_tokens(tok, prompt)
+    assert list(tokens.shared_ids) == tok(prompt)["input_ids"]
+    assert tokens.leads == {u: (one[u],) for u in "0123456789-"}
+    assert len(tokens.vocab) == 13 and set(one.values()) < set(tokens.vocab)
+    # With the lead " " nothing merges across the boundary: ' -' is one token of the number.
+    spaced = expert.number_tokens(tok, prompt, " ")
+    assert spaced.leads["-"] == (tok.convert_tokens_to_ids("Ġ-"),)
+    assert spaced.leads["3"] == (tok.convert_tokens_to_ids("Ġ"), one["3"])
+
+
+@pytest.mark.parametrize("restricted", [True, False])
+def test_trie_equals_brute_force_merged_minus(tiny_model, smol_tokenizer, restricted: bool):
+    # The llmp style's query "3," then "-d.d": the ',-' token is split where the prompt ends.
+    prompt = "1, -2.5\n2, 3.0\n3,"
+    bins = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, lead="",
+                                      threshold=0.0, max_int_digits=1, restricted=restricted)
+    assert len(bins.logp) == 2 * 10 * 10 and bins.complete.all()
+    brute = _brute(tiny_model, smol_tokenizer, prompt, _texts(bins, ""), restricted, "")
+    np.testing.assert_allclose(bins.logp, brute, atol=1e-9, rtol=0)
+    assert np.exp(bins.logp).sum() + bins.lost_mass == pytest.approx(1.0, abs=1e-12)
 
 
 def test_trie_equals_brute_force_smollm2(smol64):

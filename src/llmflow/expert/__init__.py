@@ -17,14 +17,15 @@ from llmflow.expert.prompt import (STYLES, PromptStyle, build_prompt, chat_wrapp
                                    prepare_text, prompt_parts, prompt_style)
 from llmflow.expert.task import (ExpertConfig, affine_for, default_int_digits, fingerprint,
                                  run_cached, task_expert)
-from llmflow.expert.tokens import NumberTokens, number_tokens
+from llmflow.expert.tokens import NumberTokens, continuation_ids, number_tokens
 from llmflow.expert.trie import Bins, binned_distribution
 
 __all__ = [
     "Bins", "DIGITS", "ExpertConfig", "NumberTokens", "PromptStyle", "STYLES", "Scorer", "TERM",
     "UNITS", "affine_for", "allowed_units", "binned_distribution", "build_prompt", "chat_wrapper",
-    "check_context", "default_int_digits", "fingerprint", "first_unit_logprobs", "format_number",
-    "next_unit_logprobs", "number_interval", "number_tokens", "prepare_text", "prompt_parts",
+    "check_context", "continuation_ids", "default_int_digits", "fingerprint",
+    "first_unit_logprobs", "format_number", "next_unit_logprobs", "number_interval",
+    "number_tokens", "prepare_text", "prompt_parts",
     "prompt_style", "rows_only", "run_cached", "tail_logits", "task_expert", "token_logprobs",
     "vocab_logprobs",
 ]
