@@ -73,6 +73,16 @@ def test_format_number_fixed_point_and_sign():
     assert "e" not in expert.format_number(1e22, 2)
 
 
+def test_round_is_the_llmp_references_formatting():
+    # The reference writes Decimal(repr(v)) rounded half to even; f"{v:.2f}" would round the
+    # binary value (2.675 is 2.67499999... in binary).
+    assert expert.format_number(2.675, 2, "round") == "2.68"
+    assert expert.format_number(0.125, 2, "round") == "0.12"
+    assert expert.format_number(2.5, 0, "round") == "2"
+    assert expert.format_number(-0.001, 2, "round") == "-0.00"
+    assert expert.format_number(1e30, 2, "round") == "1" + "0" * 30 + ".00"
+
+
 def test_number_interval_partitions_line():
     assert expert.number_interval("19.", 2) == (19.0, 20.0)
     assert expert.number_interval("-0.00", 2) == pytest.approx((-0.01, 0.0))
@@ -329,9 +339,33 @@ def test_text_numbers_in_the_data_format():
     assert expert.prepare_text("y is periodic in x with period 10.5.", style) == \
         "y is periodic in x with period 10."  # x format, rounded
     assert expert.prepare_text("y is -3.", style) == "y is -3.00."
+    assert expert.prepare_text("x=3, y<-2.5 (y = 2)", style) == "x=3, y<-2.50 (y = 2.00)"
     plain = expert.prompt_style("default")
     assert expert.prepare_text(" y is 0. ", plain) == "y is 0."
     assert expert.prepare_text("y is 0.", expert.prompt_style("llmp")) == ""
+
+
+@pytest.mark.parametrize("text", [
+    "y never exceeds 1,000.",  # thousands separator
+    "y is about 1.5e-1.",  # scientific notation
+    "The gauge was installed 2019-05 and y is its level.",  # a date
+    "Over 1953-1958 y fell.",  # a range
+    "x is the year; the solar cycle is about 11 years.",  # no variable in its sentence
+    "y is 5% of x2 since COVID-19, at 10:30 and 1/2 of x.",  # attached to a word or symbol
+    "Version 3.5.2 of x.",
+])
+def test_text_numbers_keep_what_is_not_a_value_of_x_or_y(text: str):
+    style = expert.prompt_style("default", text_numbers=True)
+    assert expert.prepare_text(text, style, scale=0.1, shift=1.0) == text
+
+
+def test_text_numbers_the_paper_example():
+    style = expert.prompt_style("default", text_numbers=True)
+    assert expert.prepare_text("If x is greater than 30, y is 0.", style) == \
+        "If x is greater than 30.00, y is 0.00."
+    # Only the values are rewritten where other numbers stand in the same text.
+    assert expert.prepare_text("Since 2019-05 y never exceeds 1,000; at x = 4, y is 7.", style) == \
+        "Since 2019-05 y never exceeds 1,000; at x = 4.00, y is 7.00."
 
 
 def test_xy_layout_preamble_and_rule_before_query():
