@@ -30,7 +30,9 @@ class PromptStyle:
     → ``y is 0.00``, in the LLM's units; see :func:`prepare_text`). ``rule_before_query``: the text again on the line
     before the query, where the model reads it last. ``chat``: the instructions (preamble and
     text) go into the tokenizer's chat template as the user turn and the data lines open the
-    assistant turn (for instruct models).
+    assistant turn (for instruct models). ``max_context``: only the nearest ``max_context``
+    context points of each target are written (None: all), so that long data fits the model's
+    window (:mod:`llmflow.expert.budget`).
     """
 
     name: str
@@ -47,6 +49,7 @@ class PromptStyle:
     text_numbers: bool = False
     rule_before_query: bool = False
     chat: bool = False
+    max_context: int | None = None
 
     def __post_init__(self) -> None:
         if self.order not in ("distance", "fixed"):
@@ -57,6 +60,8 @@ class PromptStyle:
             raise ValueError(f"expert.layout must be plain or xy, got {self.layout!r}")
         if self.decimals < 0 or self.x_decimals < 0:
             raise ValueError("expert.decimals and expert.x_decimals must be >= 0")
+        if self.max_context is not None and self.max_context < 1:
+            raise ValueError(f"expert.max_context must be >= 1 or null, got {self.max_context}")
 
 
 STYLES: dict[str, PromptStyle] = {
@@ -149,7 +154,8 @@ def build_prompt(
     """Prompt for one target; it ends where the number starts.
 
     Shapes: ``x_context (n, D)``, ``y_context (n,)``, ``x_query (D,)``; y already in LLM units,
-    ``text`` as :func:`prepare_text` returns it. With ``order='distance'`` the context is sorted
+    ``text`` as :func:`prepare_text` returns it. With ``style.max_context`` only that many
+    points nearest to ``x_query`` are written. With ``order='distance'`` the context is sorted
     by Euclidean distance to ``x_query``, farthest first, so the nearest point is the last line
     before the query; points at equal distance come in the order of the LLMP reference's
     ``np.flip(np.argsort(d))``. That order is numpy's default (introsort) argsort, dispatched by
@@ -168,11 +174,14 @@ def prompt_parts(
     x_context = np.asarray(x_context, dtype=float).reshape(len(y_context), -1)
     x_query = np.asarray(x_query, dtype=float).reshape(-1)
     order = np.arange(len(y_context))
-    if style.order == "distance":
+    if style.order == "distance" or style.max_context is not None:
         dist = np.linalg.norm(x_context - x_query, axis=1)
         # The LLMP reference's own call, ties included: numpy's default (unstable) argsort,
         # whose tie order depends on numpy's version and the CPU's SIMD (see build_prompt).
-        order = np.flip(np.argsort(dist))
+        farthest_first = np.flip(np.argsort(dist))
+        if style.max_context is not None:
+            farthest_first = farthest_first[-style.max_context:]
+        order = farthest_first if style.order == "distance" else np.sort(farthest_first)
 
     def fmt_x(x: np.ndarray) -> str:
         return ", ".join(format_number(v, style.x_decimals, "round") for v in x)
