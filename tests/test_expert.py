@@ -203,19 +203,27 @@ def test_trie_equals_brute_force_merged_minus(tiny_model, smol_tokenizer, restri
 
 @pytest.mark.parametrize("lead", ["", " "])
 @pytest.mark.parametrize("restricted", [True, False])
-def test_number_logprob_is_the_tries_bin(tiny_model, smol_tokenizer, lead: str, restricted: bool):
+def test_number_logprob_is_brute_force(tiny_model, smol_tokenizer, lead: str, restricted: bool):
     prompt = "1, -2.5\n2, 3.0\n3,"
-    bins = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, lead=lead,
-                                      threshold=0.0, max_int_digits=2, restricted=restricted)
-    for s in ["-2.5", "3.1", "0.0", "-17.3"]:
-        lp = expert.number_logprob(tiny_model, smol_tokenizer, prompt, s, lead=lead,
-                                   restricted=restricted)
-        assert lp == pytest.approx(bins.logp[bins.strings.index(s)], abs=1e-9)
+    strings = ["-2.5", "3.1", "0.0", "-17.3"]
+    lp = [expert.number_logprob(tiny_model, smol_tokenizer, prompt, s, lead=lead, restricted=restricted)
+          for s in strings]
+    brute = _brute(tiny_model, smol_tokenizer, prompt, [lead + s + "\n" for s in strings], restricted, lead)
+    np.testing.assert_allclose(lp, brute, atol=1e-9, rtol=0)
     ids, per_token = expert.number_token_logprobs(tiny_model, smol_tokenizer, prompt, "-2.5", lead=lead)
     assert len(ids) == len(per_token) == 5 and np.all(per_token < 0)  # ['-' or ' -'] 2 . 5 \n
     for bad in ["", "1.", ".5", "1e3", "+1", "1,000"]:
         with pytest.raises(ValueError, match="not a number string"):
             expert.number_logprob(tiny_model, smol_tokenizer, prompt, bad)
+
+
+def test_number_logprob_is_the_tries_bin(tiny_model, smol_tokenizer):
+    prompt = "1, -2.5\n2, 3.0\n3,"
+    bins = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, threshold=0.0,
+                                      max_int_digits=2)
+    for s in ["-2.5", "-17.3", "42.0"]:
+        assert expert.number_logprob(tiny_model, smol_tokenizer, prompt, s) == \
+            pytest.approx(bins.logp[bins.strings.index(s)], abs=1e-9)
 
 
 def test_trie_equals_brute_force_smollm2(smol64):
