@@ -5,6 +5,7 @@ import sys
 from snakemake.utils import min_version
 
 from llmflow.config import ConfigError, check_consistency, validate_config
+from llmflow.expert.budget import check_prompt_lengths
 from llmflow.tasks import TaskInputError, check_user_tasks
 
 min_version("9.0")
@@ -17,6 +18,7 @@ try:
     validate_config(config)
     check_consistency(config)
     check_user_tasks(config)
+    check_prompt_lengths(config)
 except (ConfigError, TaskInputError) as err:
     # One line naming the key, before any job runs or any output is touched.
     sys.exit(str(err))

@@ -79,8 +79,8 @@ def main() -> None:
         # A prefix left without its integer part is one bin per digit count, sharing its mass.
         pieces = np.array([bins.strings.count(s) for s in bins.strings])
         t0 = time.perf_counter()
-        grid, n_grid = score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
-                                            restrict_to=tokens.vocab, batch_size=args.grid_batch)
+        grid, n_grid = score_strings(model, tok, prompt, texts, restrict_to=tokens.vocab,
+                                     batch_size=args.grid_batch)
         t_grid = time.perf_counter() - t0
         rows.append((j, len(bins.logp), t_trie, bins.n_positions, t_grid, n_grid,
                      float(np.abs(grid - bins.logp - np.log(pieces)).max()), bins.lost_mass))

@@ -55,9 +55,8 @@ def _texts(bins: expert.Bins, lead: str = " ") -> list[str]:
 
 def _brute(model, tok, prompt, texts, restricted=True, lead=" "):
     tokens = expert.number_tokens(tok, prompt, lead)
-    return score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
-                                restrict_to=tokens.vocab if restricted else None,
-                                batch_size=64)[0]
+    return score_strings(model, tok, prompt, texts,
+                         restrict_to=tokens.vocab if restricted else None, batch_size=64)[0]
 
 
 # ----------------------------------------------------------------------------- formats
@@ -72,6 +71,16 @@ def test_format_number_fixed_point_and_sign():
     assert expert.format_number(-1.239, 2, "round") == "-1.24"
     assert expert.format_number(-0.0, 2) == "0.00"
     assert "e" not in expert.format_number(1e22, 2)
+
+
+def test_round_is_the_llmp_references_formatting():
+    # The reference writes Decimal(repr(v)) rounded half to even; f"{v:.2f}" would round the
+    # binary value (2.675 is 2.67499999... in binary).
+    assert expert.format_number(2.675, 2, "round") == "2.68"
+    assert expert.format_number(0.125, 2, "round") == "0.12"
+    assert expert.format_number(2.5, 0, "round") == "2"
+    assert expert.format_number(-0.001, 2, "round") == "-0.00"
+    assert expert.format_number(1e30, 2, "round") == "1" + "0" * 30 + ".00"
 
 
 def test_number_interval_partitions_line():
@@ -158,6 +167,63 @@ def test_pruning_keeps_mass_in_coarse_bins(tiny_model, smol_tokenizer):
     widths = coarse.upper - coarse.lower
     assert np.allclose(widths[coarse.complete], 0.1)
     assert np.all(widths[~coarse.complete] >= 0.1 - 1e-12)  # "2.3" without "\n", or "2."
+
+
+def test_number_starts_where_the_prompt_ends(smol_tokenizer):
+    """SmolLM2 writes "3,-" with one token ',-': the prompt keeps its ',' and the number is
+    '-' '0' ... scored after it; the restricted softmax runs over 13 tokens, as the LLMP
+    reference's (digits, '-', '.', '\n')."""
+    tok = smol_tokenizer
+    prompt = "1, -2.50\n2, 3.00\n3,"
+    assert ",-" in tok.convert_ids_to_tokens(tok(prompt + "-0.4")["input_ids"])
+    one = {c: tok.convert_tokens_to_ids(c) for c in "0123456789-."}
+    assert expert.continuation_ids(tok, prompt, "-0.4\n") == [
+        one["-"], one["0"], one["."], one["4"], tok.convert_tokens_to_ids("Ċ")]
+    tokens = expert.number_tokens(tok, prompt)
+    assert list(tokens.shared_ids) == tok(prompt)["input_ids"]
+    assert tokens.leads == {u: (one[u],) for u in "0123456789-"}
+    assert len(tokens.vocab) == 13 and set(one.values()) < set(tokens.vocab)
+    # With the lead " " nothing merges across the boundary: ' -' is one token of the number.
+    spaced = expert.number_tokens(tok, prompt, " ")
+    assert spaced.leads["-"] == (tok.convert_tokens_to_ids("Ġ-"),)
+    assert spaced.leads["3"] == (tok.convert_tokens_to_ids("Ġ"), one["3"])
+
+
+@pytest.mark.parametrize("restricted", [True, False])
+def test_trie_equals_brute_force_merged_minus(tiny_model, smol_tokenizer, restricted: bool):
+    # The llmp style's query "3," then "-d.d": the ',-' token is split where the prompt ends.
+    prompt = "1, -2.5\n2, 3.0\n3,"
+    bins = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, lead="",
+                                      threshold=0.0, max_int_digits=1, restricted=restricted)
+    assert len(bins.logp) == 2 * 10 * 10 and bins.complete.all()
+    brute = _brute(tiny_model, smol_tokenizer, prompt, _texts(bins, ""), restricted, "")
+    np.testing.assert_allclose(bins.logp, brute, atol=1e-9, rtol=0)
+    assert np.exp(bins.logp).sum() + bins.lost_mass == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("lead", ["", " "])
+@pytest.mark.parametrize("restricted", [True, False])
+def test_number_logprob_is_brute_force(tiny_model, smol_tokenizer, lead: str, restricted: bool):
+    prompt = "1, -2.5\n2, 3.0\n3,"
+    strings = ["-2.5", "3.1", "0.0", "-17.3"]
+    lp = [expert.number_logprob(tiny_model, smol_tokenizer, prompt, s, lead=lead, restricted=restricted)
+          for s in strings]
+    brute = _brute(tiny_model, smol_tokenizer, prompt, [lead + s + "\n" for s in strings], restricted, lead)
+    np.testing.assert_allclose(lp, brute, atol=1e-9, rtol=0)
+    ids, per_token = expert.number_token_logprobs(tiny_model, smol_tokenizer, prompt, "-2.5", lead=lead)
+    assert len(ids) == len(per_token) == 5 and np.all(per_token < 0)  # ['-' or ' -'] 2 . 5 \n
+    for bad in ["", "1.", ".5", "1e3", "+1", "1,000"]:
+        with pytest.raises(ValueError, match="not a number string"):
+            expert.number_logprob(tiny_model, smol_tokenizer, prompt, bad)
+
+
+def test_number_logprob_is_the_tries_bin(tiny_model, smol_tokenizer):
+    prompt = "1, -2.5\n2, 3.0\n3,"
+    bins = expert.binned_distribution(tiny_model, smol_tokenizer, prompt, 1, threshold=0.0,
+                                      max_int_digits=2)
+    for s in ["-2.5", "-17.3", "42.0"]:
+        assert expert.number_logprob(tiny_model, smol_tokenizer, prompt, s) == \
+            pytest.approx(bins.logp[bins.strings.index(s)], abs=1e-9)
 
 
 def test_trie_equals_brute_force_smollm2(smol64):
@@ -348,9 +414,33 @@ def test_text_numbers_in_the_data_format():
     assert expert.prepare_text("y is periodic in x with period 10.5.", style) == \
         "y is periodic in x with period 10."  # x format, rounded
     assert expert.prepare_text("y is -3.", style) == "y is -3.00."
+    assert expert.prepare_text("x=3, y<-2.5 (y = 2)", style) == "x=3, y<-2.50 (y = 2.00)"
     plain = expert.prompt_style("default")
     assert expert.prepare_text(" y is 0. ", plain) == "y is 0."
     assert expert.prepare_text("y is 0.", expert.prompt_style("llmp")) == ""
+
+
+@pytest.mark.parametrize("text", [
+    "y never exceeds 1,000.",  # thousands separator
+    "y is about 1.5e-1.",  # scientific notation
+    "The gauge was installed 2019-05 and y is its level.",  # a date
+    "Over 1953-1958 y fell.",  # a range
+    "x is the year; the solar cycle is about 11 years.",  # no variable in its sentence
+    "y is 5% of x2 since COVID-19, at 10:30 and 1/2 of x.",  # attached to a word or symbol
+    "Version 3.5.2 of x.",
+])
+def test_text_numbers_keep_what_is_not_a_value_of_x_or_y(text: str):
+    style = expert.prompt_style("default", text_numbers=True)
+    assert expert.prepare_text(text, style, scale=0.1, shift=1.0) == text
+
+
+def test_text_numbers_the_paper_example():
+    style = expert.prompt_style("default", text_numbers=True)
+    assert expert.prepare_text("If x is greater than 30, y is 0.", style) == \
+        "If x is greater than 30.00, y is 0.00."
+    # Only the values are rewritten where other numbers stand in the same text.
+    assert expert.prepare_text("Since 2019-05 y never exceeds 1,000; at x = 4, y is 7.", style) == \
+        "Since 2019-05 y never exceeds 1,000; at x = 4.00, y is 7.00."
 
 
 def test_xy_layout_preamble_and_rule_before_query():

@@ -86,7 +86,6 @@ def test_gemma_trie_equals_brute_force(gemma_dir: Path):
                                       max_int_digits=1)
     tokens = expert.number_tokens(tok, prompt, " ")
     texts = [" " + s + ("\n" if c else "") for s, c in zip(bins.strings, bins.complete)]
-    brute, _ = score_strings(model, tok, prompt, texts, start=len(tokens.shared_ids),
-                                    restrict_to=tokens.vocab, batch_size=16)
+    brute, _ = score_strings(model, tok, prompt, texts, restrict_to=tokens.vocab, batch_size=16)
     np.testing.assert_allclose(bins.logp, brute, atol=1e-5, rtol=0)
     assert np.exp(bins.logp).sum() + bins.lost_mass == pytest.approx(1.0, abs=1e-9)

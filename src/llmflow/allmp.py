@@ -399,8 +399,8 @@ def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cf
     chat = expert.chat_wrapper(tokenizer) if style.chat else None
     sliced = style.restricted and expert.rows_only(model)
     append = cfg.order == "append"
-    if append:  # context in ascending x (first coordinate first)
-        style = dataclasses.replace(style, order="fixed")
+    if append:  # context in ascending x (first coordinate first), every point: the prompt grows
+        style = dataclasses.replace(style, order="fixed", max_context=None)
         ascending = np.lexsort(x_c.reshape(len(x_c), -1).T[::-1])
         x_c, y_llm = x_c[ascending], y_llm[ascending]
 

@@ -7,6 +7,7 @@ One module per concept:
 - ``tokens``: which tokens write each unit after a prompt, and where scoring starts;
 - ``lm``: KV-cached next-token log-probabilities for batches of token paths;
 - ``trie``: ``binned_distribution``, every bin of the next number with its probability;
+- ``score``: ``number_logprob``, the exact probability of one given number string;
 - ``task``: the stage's driver, bins at every target of a task in data units, cached.
 """
 
@@ -15,16 +16,20 @@ from llmflow.expert.numbers import (DIGITS, TERM, UNITS, allowed_units, format_n
                                     prefix_intervals, to_llm_units)
 from llmflow.expert.prompt import (STYLES, PromptStyle, build_prompt, chat_wrapper, check_context,
                                    prepare_text, prompt_parts, prompt_style)
+from llmflow.expert.score import number_logprob, number_token_logprobs
 from llmflow.expert.task import (ExpertConfig, TaskPrompts, affine_for, auto_affine, default_int_digits,
-                                 fingerprint, run_cached, target_bins, task_expert, task_prompts)
-from llmflow.expert.tokens import NumberTokens, number_tokens
+                                 fingerprint, llm_numbers, run_cached, target_bins, task_expert,
+                                 task_prompts)
+from llmflow.expert.tokens import NumberTokens, continuation_ids, number_tokens
 from llmflow.expert.trie import Bins, binned_distribution
 
 __all__ = [
-    "Bins", "DIGITS", "ExpertConfig", "TaskPrompts", "auto_affine", "target_bins", "task_prompts", "NumberTokens", "PromptStyle", "STYLES", "TERM", "TokenTree",
-    "UNITS", "affine_for", "allowed_units", "binned_distribution", "build_prompt", "chat_wrapper",
-    "check_context", "default_int_digits", "fingerprint", "format_number",
-    "number_interval", "prefix_intervals", "number_tokens", "prepare_text", "prompt_parts",
-    "prompt_style", "rows_only", "run_cached", "tail_logits", "task_expert", "to_llm_units", "token_logprobs",
+    "Bins", "DIGITS", "ExpertConfig", "NumberTokens", "PromptStyle", "STYLES", "TERM", "TaskPrompts",
+    "TokenTree", "UNITS", "affine_for", "allowed_units", "auto_affine", "binned_distribution",
+    "build_prompt", "chat_wrapper", "target_bins", "task_prompts",
+    "check_context", "continuation_ids", "default_int_digits", "fingerprint", "format_number",
+    "llm_numbers", "number_interval", "number_logprob", "number_token_logprobs", "number_tokens",
+    "prefix_intervals", "prepare_text", "prompt_parts", "prompt_style", "rows_only", "run_cached",
+    "tail_logits", "task_expert", "to_llm_units", "token_logprobs",
     "vocab_logprobs",
 ]

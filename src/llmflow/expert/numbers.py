@@ -6,20 +6,22 @@ digits when ``decimals`` > 0) + the terminator. The trie walks it one *unit* at 
 
 Bin semantics (``rounding``): ``truncate`` (our default) formats y by truncation toward zero,
 so ``12.34`` is [12.34, 12.35) and ``-12.34`` is (-12.35, -12.34]; ``round`` (the LLMP
-reference, Python ``f"{y:.2f}"``) makes ``12.34`` [12.335, 12.345). Either way the strings
-partition the line and bins of width 10^-decimals meet edge to edge.
+reference: the shortest repr of y as a decimal, rounded half to even) makes ``12.34``
+[12.335, 12.345). Either way the strings partition the line and bins of width 10^-decimals
+meet edge to edge.
 """
 
 from __future__ import annotations
 
 import math
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Context, Decimal
 
 import numpy as np
 
 DIGITS = "0123456789"
 TERM = "$"  # internal symbol of the terminator unit (the real terminator is a config string)
 UNITS: tuple[str, ...] = (*DIGITS, "-", ".", TERM)  # column order of unit log-probabilities
+_WIDE = Context(prec=1000)  # every digit of any finite float at any decimals we write
 
 
 def format_number(value: float, decimals: int, rounding: str = "truncate") -> str:
@@ -27,10 +29,11 @@ def format_number(value: float, decimals: int, rounding: str = "truncate") -> st
     if not math.isfinite(value):
         raise ValueError(f"cannot format non-finite number {value!r}")
     value = float(value) + 0.0  # -0.0 -> 0.0
-    if rounding == "round":
-        return f"{value:.{decimals}f}"
-    # Decimal(repr) truncates the shortest decimal repr, so 0.29 stays 0.29 (not 0.28999...).
-    magnitude = Decimal(repr(abs(value))).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
+    # Decimal(repr) works on the shortest decimal repr, so 0.29 stays 0.29 (not 0.28999...).
+    step = Decimal(1).scaleb(-decimals)
+    if rounding == "round":  # the reference's _float_to_str (but for -0.0): 2.675 -> 2.68, 0.125 -> 0.12
+        return format(Decimal(repr(value)).quantize(step, ROUND_HALF_EVEN, _WIDE), "f")
+    magnitude = Decimal(repr(abs(value))).quantize(step, ROUND_DOWN, _WIDE)
     return ("-" if value < 0 else "") + format(magnitude, "f")
 
 

@@ -43,6 +43,7 @@ class ExpertConfig:
     text_numbers: bool | None = None
     rule_before_query: bool | None = None
     chat: bool | None = None
+    max_context: int | None = None
     threshold: float = 1e-4
     max_nodes: int | None = 128
     coarse: bool = True
@@ -61,7 +62,8 @@ class ExpertConfig:
         return prompt_style(self.style, decimals=self.decimals, x_decimals=self.x_decimals,
                             order=self.order, restricted=self.restricted, use_text=self.use_text,
                             layout=self.layout, preamble=self.preamble, text_numbers=self.text_numbers,
-                            rule_before_query=self.rule_before_query, chat=self.chat)
+                            rule_before_query=self.rule_before_query, chat=self.chat,
+                            max_context=self.max_context)
 
 
 # Context y whose spread is below this fraction of their largest magnitude share their leading
