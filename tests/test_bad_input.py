@@ -30,7 +30,7 @@ from llmflow.tasks import TaskInputError, check_user_tasks
 CASES = yaml.safe_load((REPO / "tests/bad_inputs.yaml").read_text())
 CSV = "tests/data/user_task.csv"
 # One case of each kind through a real Snakemake process (each costs a few seconds).
-THROUGH_SNAKEMAKE = ("type-seed", "missing-key", "missing-model-folder", "thousands-separator", "empty-file")
+THROUGH_SNAKEMAKE = ("type-seed", "missing-key", "missing-model-folder", "user-task-x-dim", "thousands-separator", "empty-file")
 
 
 def _set(config: dict, dotted: str, value: Any) -> None:

@@ -98,6 +98,7 @@ def check_consistency(config: dict[str, Any]) -> None:
     names = task_names(config)
     if not names:
         fail("tasks", "declares no task")
+    _check_tasks_fit_the_model(config, names, fail)
     if config["figures"]["task"] not in names:
         fail("figures.task", f"{config['figures']['task']!r} is not one of the configured tasks")
     if config["figures"]["task"] not in allmp_tasks([config["figures"]["task"]], config["allmp"]["tasks"]):
@@ -108,6 +109,37 @@ def check_consistency(config: dict[str, Any]) -> None:
         what = "no such folder" if not folder.is_dir() else "no config.json in it"
         fail("llm.model", f"{model!r} is neither an embedded model ({', '.join(EMBEDDED)}) "
                           f"nor a Hugging Face model folder ({what})")
+
+
+# How far (a fraction of prior.x_range's width) an unrescaled task's x may reach beyond the
+# range the NDP was trained on before the run refuses it (the network has never seen such x).
+X_RANGE_MARGIN = 0.1
+
+
+def _check_tasks_fit_the_model(config: dict[str, Any], names: list[str], fail) -> None:
+    """Every task must be one the NDP can take: its x dimension is prior.x_dim, and tasks that
+    are not mapped into the prior's frame (GP draws, the GP-oracle benchmark; see
+    llmflow.predict.TaskFrame) keep x within prior.x_range up to X_RANGE_MARGIN of its width."""
+    x_dim, (lo, hi) = config["prior"]["x_dim"], config["prior"]["x_range"]
+    for i, spec in enumerate(config["tasks"]["user"]):
+        cols = [spec["x"]] if isinstance(spec["x"], str) else spec["x"]
+        if len(cols) != x_dim:
+            fail(f"tasks.user[{i}].x", f"{len(cols)} x column(s) ({', '.join(cols)}) but prior.x_dim = {x_dim}: "
+                                       f"the NDP takes {x_dim}-dimensional x (set prior.x_dim: {len(cols)} to train one for this task)")
+    if x_dim != 1:
+        leave_out = {"gp": "tasks.gp.per_kernel: 0", "synth": "tasks.synth.functions: []",
+                     "text": "tasks.text: []", "real": "tasks.real.series: []"}
+        for family, how in leave_out.items():
+            if any(n.startswith(f"{family}-") for n in names):
+                fail(f"tasks.{family}", f"its tasks have 1-dimensional x but prior.x_dim = {x_dim} (leave them out with {how})")
+    margin = X_RANGE_MARGIN * (hi - lo)
+    framed = [("bench.gp_oracle.x_range", config["bench"]["gp_oracle"]["x_range"])]
+    if any(n.startswith("gp-") for n in names):
+        framed.append(("tasks.gp.x_range", config["tasks"]["gp"]["x_range"]))
+    for key, (a, b) in framed:
+        if a < lo - margin or b > hi + margin:
+            fail(key, f"[{a:g}, {b:g}] reaches beyond prior.x_range [{lo:g}, {hi:g}] by more than "
+                      f"{X_RANGE_MARGIN:.0%} of its width (these tasks are not rescaled; the NDP never saw such x)")
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
