@@ -31,3 +31,16 @@ def test_task_figure_with_and_without_a_llmp(tmp_path: Path, methods: tuple[str,
     path = tmp_path / "user-demo.png"
     plots.task_figure(task, samples, _bins(len(task.y_target)), path)
     assert path.stat().st_size > 0 and path.with_suffix(".pdf").stat().st_size > 0
+
+
+def test_task_figure_marks_the_truth_only_where_it_is_known(tmp_path: Path, monkeypatch):
+    task = _task()
+    task.y_target[[1, 4]] = np.nan  # rows whose y was empty in the CSV
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+    samples = {m: np.zeros((8, len(task.y_target))) for m in ("ndp", "llm-ndp")}
+    plots.task_figure(task, samples, _bins(len(task.y_target)), tmp_path / "user-demo.png")
+    truth = [line for ax in drawn[0].axes for line in ax.lines if line.get_label() == "truth"]
+    assert len(truth) == 3  # ndp, i-llmp, llm-ndp panels (a-llmp not sampled)
+    for line in truth:
+        np.testing.assert_array_equal(line.get_xdata(), task.x_target[[0, 2, 3, 5], 0])

@@ -70,6 +70,7 @@ def test_user_task_from_csv(config):
     task = build_task("user-temperature", config)
     assert len(task.y_context) == 6 and len(task.y_target) == 6
     assert task.x_target[0, 0] == 7 and task.y_target[0] == 19.0
+    assert np.isnan(task.y_target[-2:]).all() and np.isfinite(task.y_target[:-2]).all()  # empty_y: predict
 
 
 def write(tmp_path: Path, text: str) -> Path:

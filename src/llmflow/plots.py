@@ -145,10 +145,12 @@ def calibration(summary: pd.DataFrame, path: str | Path) -> None:
 
 
 def task_figure(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | Path) -> None:
-    """One panel per method with quantile bands, context and (where known) the truth."""
+    """One panel per method with quantile bands, context and the truth where it is known (targets
+    with an empty y get bands only)."""
     x = task.x_target[:, 0]
+    known = np.isfinite(task.y_target)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
-    quant = {"i-llmp": bins.quantiles(LEVELS)} | {m: np.quantile(s, LEVELS, axis=0).T for m, s in samples.items()}
+    quant = {"i-llmp": bins.quantiles(LEVELS)} | {m: np.nanquantile(s, LEVELS, axis=0).T for m, s in samples.items()}
     for ax, method in zip(axes, ("ndp", "i-llmp", "a-llmp", "llm-ndp")):
         _context(ax, task)
         if method not in quant:  # A-LLMP runs on the tasks of allmp.tasks only
@@ -156,8 +158,8 @@ def task_figure(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: st
             ax.set_title(method)
             continue
         _band(ax, x, quant[method], COLORS[method], method)
-        if np.isfinite(task.y_target).any():
-            ax.plot(x, task.y_target, "r.", ms=5, label="truth")
+        if known.any():
+            ax.plot(x[known], task.y_target[known], "r.", ms=5, label="truth")
         ax.set_title(method)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
