@@ -35,6 +35,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/bench.smk"
 
 
+# What your tasks (tasks.user) need: predictions CSVs and a figure per task.
+USER_OUTPUTS = [f"results/predictions/{t}/{m}.csv" for t in USER_TASKS for m in TASK_METHODS[t]] + [
+    f"results/figures/{t}.png" for t in USER_TASKS
+]
+
+
 rule all:
     default_target: True
     input:
@@ -46,3 +52,11 @@ rule all:
         "results/bench/gp_oracle.csv",
         "results/metrics/summary.csv",
         "results/figures/fig1.png",
+        USER_OUTPUTS,
+
+
+rule predict:
+    """`snakemake -j4 predict`: only your tasks (the NDP, their LLM expert, A-LLMP and samples);
+    no GP-oracle benchmark, no built-in task, no metrics table."""
+    input:
+        USER_OUTPUTS,

@@ -47,9 +47,21 @@ def workflow_copy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole pipeline on tests/config.yaml, run once per test session."""
+def predict_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """`snakemake -j2 predict` on tests/config.yaml in a fresh copy: the folder, and every file
+    that the run left under results/ (path relative to the folder → mtime in ns)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("tiny") / "wf")
+    result = snakemake(workdir, "-j2", "predict", "--configfile", "tests/config.yaml")
+    assert result.returncode == 0, result.stderr[-5000:]
+    files = (p for p in (workdir / "results").rglob("*") if p.is_file())
+    return workdir, {str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in files}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(predict_run: tuple[Path, dict[str, int]]) -> Path:
+    """The whole pipeline on tests/config.yaml, run once per test session (in the folder where
+    `predict` ran first, so the full run also shows that it reuses predict's outputs)."""
+    workdir = predict_run[0]
     result = snakemake(workdir, "-j2", "--configfile", "tests/config.yaml")
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir

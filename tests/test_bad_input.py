@@ -3,8 +3,8 @@
 Every config and CSV case goes through the checks the Snakefile runs before any job (the same
 functions, in-process: fast); a sample of them also through a real `snakemake` process, which
 must exit non-zero with the line last on stderr and leave no results/ behind. The valid cases
-(huge and negative values, unicode text) build their tasks through Snakemake and read back
-unchanged. The LLM case runs the expert stages with a model that cannot say a number.
+(replicate x, spaces after the commas, huge and negative values, unicode text) build their
+tasks through Snakemake and read back unchanged. The LLM case runs the expert stages with a model that cannot say a number.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from llmflow.tasks import TaskInputError, check_user_tasks
 CASES = yaml.safe_load((REPO / "tests/bad_inputs.yaml").read_text())
 CSV = "tests/data/user_task.csv"
 # One case of each kind through a real Snakemake process (each costs a few seconds).
-THROUGH_SNAKEMAKE = ("type-seed", "missing-key", "missing-model-folder", "duplicate-x", "empty-file")
+THROUGH_SNAKEMAKE = ("type-seed", "missing-key", "missing-model-folder", "user-task-x-dim", "thousands-separator", "empty-file")
 
 
 def _set(config: dict, dotted: str, value: Any) -> None:
@@ -54,7 +54,7 @@ def _apply(workdir: Path, case: dict) -> None:
                 _set(config, dotted, value)
             (workdir / file).write_text(yaml.safe_dump(config, allow_unicode=True))
     if "csv" in case:
-        (workdir / CSV).write_text(case["csv"], encoding="utf-8")
+        (workdir / CSV).write_text(case["csv"], encoding=case.get("encoding", "utf-8"))
     if "text" in case:
         _apply(workdir, {"set": {"tasks.user[0].text": case["text"]}})
 
@@ -117,7 +117,7 @@ def test_unusual_but_valid_inputs_build_their_tasks(pristine: Path, tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     for case, target, user in zip(VALID, targets, config["tasks"]["user"]):
         ds = xr.open_zarr(workdir / target)
-        frame = pd.read_csv(workdir / user["csv"])
+        frame = pd.read_csv(workdir / user["csv"], skipinitialspace=True)
         ctx = frame["observed"].astype(bool).to_numpy()
         np.testing.assert_array_equal(ds["y_context"].values, frame["temperature"].to_numpy(float)[ctx])
         np.testing.assert_array_equal(ds["y_target"].values, frame["temperature"].to_numpy(float)[~ctx])

@@ -49,3 +49,45 @@ def test_bad_values_name_their_key(edit, message):
     with pytest.raises(ConfigError, match=message) as info:
         validate_config(config)
     assert "\n" not in str(info.value)
+
+
+def test_command_line_strings_take_the_schema_type():
+    # What Snakemake hands the workflow for nested --config values: every scalar a string.
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    config = tiny()
+    update_config(config, parse_config([
+        'sample={"n_samples": 8, "expert_weight": 1e-3}',
+        'expert={"shards": 20, "restricted": "false", "decimals": null, "order": null, "rescale": {"scale": "0.5"}}',
+        'prior={"x_range": [-1, 1.5]}',
+        'bench={"gp_oracle": {"bayes_grid": {"period": 3}}}',
+        'llm={"model": "smollm2-135m"}',
+    ]))
+    assert config["sample"]["n_samples"] == "8"  # as it arrives
+    validate_config(config)
+    assert config["sample"]["n_samples"] == 8 and type(config["sample"]["n_samples"]) is int
+    assert config["sample"]["expert_weight"] == 1e-3
+    assert config["expert"]["shards"] == 20 and config["expert"]["restricted"] is False
+    assert config["expert"]["decimals"] is None and config["expert"]["order"] is None
+    assert config["expert"]["rescale"] == {"scale": 0.5, "shift": 0}
+    assert config["prior"]["x_range"] == [-1, 1.5]
+    assert config["bench"]["gp_oracle"]["bayes_grid"]["period"] == 3
+    assert config["llm"]["model"] == "smollm2-135m"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"sample": {"n_samples": "eight"}}, r"^config error: sample\.n_samples: 'eight' is not of type 'integer'$"),
+        ({"sample": {"n_samples": "8.5"}}, r"^config error: sample\.n_samples: '8\.5' is not of type 'integer'$"),
+        ({"train": {"compile": "yes"}}, r"^config error: train\.compile: 'yes' is not of type 'boolean'$"),
+        ({"device": "null"}, r"^config error: device: 'null' is not one of"),
+    ],
+)
+def test_strings_that_do_not_parse_are_named(section, message):
+    config = tiny()
+    for key, value in section.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)

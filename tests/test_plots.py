@@ -31,3 +31,42 @@ def test_task_figure_with_and_without_a_llmp(tmp_path: Path, methods: tuple[str,
     path = tmp_path / "user-demo.png"
     plots.task_figure(task, samples, _bins(len(task.y_target)), path)
     assert path.stat().st_size > 0 and path.with_suffix(".pdf").stat().st_size > 0
+
+
+def test_task_figure_marks_the_truth_only_where_it_is_known(tmp_path: Path, monkeypatch):
+    task = _task()
+    task.y_target[[1, 4]] = np.nan  # rows whose y was empty in the CSV
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+    samples = {m: np.zeros((8, len(task.y_target))) for m in ("ndp", "llm-ndp")}
+    plots.task_figure(task, samples, _bins(len(task.y_target)), tmp_path / "user-demo.png")
+    truth = [line for ax in drawn[0].axes for line in ax.lines if line.get_label() == "truth"]
+    assert len(truth) == 3  # ndp, i-llmp, llm-ndp panels (a-llmp not sampled)
+    for line in truth:
+        np.testing.assert_array_equal(line.get_xdata(), task.x_target[[0, 2, 3, 5], 0])
+
+
+def test_task_figure_breaks_bands_at_the_context(tmp_path: Path, monkeypatch):
+    x = np.arange(10.0)[:, None]
+    ctx = np.array([0, 1, 4, 5, 6, 8])  # targets 2, 3 | 7 | 9: three pieces
+    tgt = np.setdiff1d(np.arange(10), ctx)
+    task = Task("user-gap", "user", "", x[ctx], np.sin(x[ctx, 0]), x[tgt], np.full(len(tgt), np.nan))
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+    plots.task_figure(task, {"ndp": np.zeros((8, len(tgt)))}, _bins(len(tgt)), tmp_path / "user-gap.png")
+    ax = drawn[0].axes[0]
+    medians = [line.get_xdata().tolist() for line in ax.lines if line.get_color() == plots.COLORS["ndp"]]
+    assert [2.0, 3.0] in medians  # the only piece with two targets is a line; 7 and 9 are bars
+    assert len(ax.containers) == 2
+
+
+def test_task_figure_keeps_the_bands_in_view_despite_wild_draws(tmp_path: Path, monkeypatch):
+    task = _task()
+    rng = np.random.default_rng(1)
+    samples = {m: rng.normal(size=(10, len(task.y_target))) for m in ("ndp", "a-llmp", "llm-ndp")}
+    samples["a-llmp"][0] = 300.0  # one draw with a digit too many at every target
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+    plots.task_figure(task, samples, _bins(len(task.y_target)), tmp_path / "user-demo.png")
+    lo, hi = drawn[0].axes[0].get_ylim()
+    assert -6 < lo < -1 and 1 < hi < 6

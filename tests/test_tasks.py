@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from llmflow.config import validate_config
+from llmflow.config import ConfigError, validate_config
 from llmflow.gp import posterior
 from llmflow.kernels import Kernel
 from llmflow.tasks import TaskInputError, Task, build_task, task_names, user_task
@@ -70,6 +70,7 @@ def test_user_task_from_csv(config):
     task = build_task("user-temperature", config)
     assert len(task.y_context) == 6 and len(task.y_target) == 6
     assert task.x_target[0, 0] == 7 and task.y_target[0] == 19.0
+    assert np.isnan(task.y_target[-2:]).all() and np.isfinite(task.y_target[:-2]).all()  # empty_y: predict
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -84,13 +85,22 @@ SPEC = {"name": "t", "x": "x", "y": "y", "text": "", "context": {"fraction": 0.5
 @pytest.mark.parametrize(
     ("content", "context", "message"),
     [
-        ("x,y\n1,2\n2,nan\n3,4\n", None, r"data\.csv: line 3, column 'y': missing value$"),
-        ("x,y\n1,2\n2,\n", None, r"line 3, column 'y': missing value$"),
+        ("x,y\n1,2\n2,nan\n3,4\n", None, r"data\.csv: line 3, column 'y': missing value \(to predict rows whose y is empty, set empty_y: predict\)$"),
+        ("x,y\n1,2\n2,\n", None, r"line 3, column 'y': missing value \(to predict"),
+        ("x,y\n1,2\n\n2,\n", None, r"line 4, column 'y': missing value \(to predict"),  # lines as in the file
+        ("x,y\n1,2\n,3\n", None, r"line 3, column 'x': missing value$"),
         ("x,y\n1,2\nabc,3\n", None, r"line 3, column 'x': not a finite number: 'abc'$"),
-        ("x,y\n1,2\n2,3\n1,5\n", None, r"line 4 repeats x = \[1\.0\] of line 2$"),
         ("x,y\n", None, r"no data rows$"),
-        ("", None, r"not a readable CSV"),
+        ("", None, r"empty file \(no header line\)$"),
+        ("\n\n", None, r"empty file \(no header line\)$"),
         ("x,z\n1,2\n", None, r"no column 'y' \(columns: x, z\)$"),
+        ("x;y\n1;2\n", None, r"no column 'x' \(columns: x;y\) \(is ';' the separator\? fields must be separated by commas\)$"),
+        ("x,y,y\n1,2,3\n", None, r"line 1: column 'y' appears 2 times in the header$"),
+        # an unquoted thousands separator or decimal comma: more fields than the header
+        ("x,y\n1,2\n2,1,234\n", None, r"line 3 has 3 fields but the header has 2 \(a number with a thousands separator or a decimal comma must be quoted: \"1,234\"\)$"),
+        ("x,y\n1,2,\n", None, r"line 2 has 3 fields but the header has 2 \(a trailing comma\?\)$"),
+        ("x,y\n1,2\n3\n", None, r"line 3 has 1 fields but the header has 2$"),
+        ("x,y\n1,\"2\n", None, r"line 2: not a readable CSV \(unexpected end of data\)$"),
         ("x,y\n1,2\n", None, r"the context rule selects no context row$"),
         ("x,y,c\n1,2,true\n2,3,maybe\n", "c", r"line 3, column 'c': not a boolean: 'maybe'$"),
         ("x,y,c\n1,2,true\n2,3,true\n", "c", r"selects every row; no target is left$"),
@@ -115,3 +125,53 @@ def test_user_csv_accepts_negative_large_values_unicode_and_multidim_x(tmp_path)
     task = user_task("user-t", {**SPEC, "csv": str(path), "x": ["a", "b"], "text": "Température ≥ 0 °C", "context": {"first": 2}})
     assert task.x_context.shape == (2, 2) and task.y_context[1] == 1e12
     assert Task.from_dataset(task.to_dataset()).text == "Température ≥ 0 °C"
+
+
+def test_empty_y_rows_become_targets_without_truth(tmp_path):
+    # The rows to predict have an empty y (or NA); without a context rule the rest is the context.
+    path = write(tmp_path, "day,visitors_k\n1,10.5\n2,11.0\n3,\n4,12.5\n5,NA\n6, \n")
+    task = user_task("user-t", {**SPEC, "csv": str(path), "x": "day", "y": "visitors_k", "empty_y": "predict", "context": None})
+    assert task.x_context[:, 0].tolist() == [1, 2, 4] and task.y_context.tolist() == [10.5, 11.0, 12.5]
+    assert task.x_target[:, 0].tolist() == [3, 5, 6] and np.isnan(task.y_target).all()
+    # With a context rule: targets with and without truth side by side.
+    path = write(tmp_path, "day,v,seen\n1,10,yes\n2,11,yes\n3,12,no\n4,,no\n")
+    task = user_task("user-t", {**SPEC, "csv": str(path), "x": "day", "y": "v", "empty_y": "predict", "context": "seen"})
+    assert task.y_context.tolist() == [10, 11] and task.y_target[0] == 12 and np.isnan(task.y_target[1])
+
+
+@pytest.mark.parametrize(
+    ("content", "context", "message"),
+    [
+        ("x,y,c\n1,2,true\n2,,true\n3,,false\n", "c", r"line 3, column 'y': missing value in a context row \(only target rows may have an empty y\)$"),
+        ("x,y\n1,2\n2,\n3,4\n", {"first": 2}, r"line 3, column 'y': missing value in a context row"),
+        ("x,y\n1,2\n2,3\n", None, r"column 'y' has no empty cell, so no row is left to predict"),
+        ("x,y\n1,\n2,\n", None, r"the context rule selects no context row$"),
+        ("x,y\n1,2\n2,warm\n", None, r"line 3, column 'y': not a finite number: 'warm'$"),
+    ],
+)
+def test_empty_y_in_a_context_row_is_an_error(tmp_path, content, context, message):
+    spec = {**SPEC, "csv": str(write(tmp_path, content)), "empty_y": "predict", "context": context}
+    with pytest.raises(TaskInputError, match=message):
+        user_task("user-t", spec)
+
+
+def test_schema_needs_a_context_rule_unless_empty_y_predicts():
+    base = {"name": "t", "csv": "a.csv", "x": "x", "y": "y"}
+    config = validate_config({**copy.deepcopy(TINY), "tasks": {"user": [{**base, "empty_y": "predict"}]}})
+    assert "context" not in config["tasks"]["user"][0]
+    with pytest.raises(ConfigError, match=r"^config error: tasks\.user\[0\]\.context: required key is missing$"):
+        validate_config({**copy.deepcopy(TINY), "tasks": {"user": [base]}})
+
+
+def test_replicate_x_are_kept(tmp_path):
+    path = write(tmp_path, "x,y,c\n10,1.0,1\n20,2.0,1\n20,2.6,1\n30,3.0,1\n20,,0\n")
+    task = user_task("user-t", {**SPEC, "csv": str(path), "empty_y": "predict", "context": "c"})
+    assert task.x_context[:, 0].tolist() == [10, 20, 20, 30] and task.y_context.tolist() == [1.0, 2.0, 2.6, 3.0]
+
+
+def test_header_spaces_bom_and_blank_rows_are_tolerated(tmp_path):
+    # Spreadsheet exports: a byte-order mark, "day, visitors", trailing rows of empty cells.
+    path = tmp_path / "data.csv"
+    path.write_bytes("\ufeffday, visitors\n1, 5\n2,6\n\n3,7\n,\n,\n".encode())
+    task = user_task("user-t", {**SPEC, "csv": str(path), "x": "day", "y": "visitors", "context": {"first": 2}})
+    assert task.x_target[:, 0].tolist() == [3] and task.y_context.tolist() == [5, 6]

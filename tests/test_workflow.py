@@ -136,10 +136,65 @@ def test_missing_key_names_the_key(workflow_copy: Path):
 
 def test_bad_user_csv_fails_before_any_job(workflow_copy: Path):
     (workflow_copy / "tests/data").mkdir(exist_ok=True)
-    (workflow_copy / "tests/data/user_task.csv").write_text("month,temperature,observed\n1,2.0,true\n2,,false\n")
+    (workflow_copy / "tests/data/user_task.csv").write_text("month,temperature,observed\n1,2.0,true\n2,,true\n3,,false\n")
     result = snakemake(workflow_copy, "-j1", "--configfile", "tests/config.yaml")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        "user task 'temperature': tests/data/user_task.csv: line 3, column 'temperature': missing value"
+        "user task 'temperature': tests/data/user_task.csv: line 3, column 'temperature': missing value in a context row "
+        "(only target rows may have an empty y)"
     )
     assert not (workflow_copy / "results").exists()
+
+
+def test_predict_runs_only_what_the_user_tasks_need(predict_run):
+    workdir, files = predict_run
+    stores = {f.split(".zarr")[0] + ".zarr" for f in files if ".zarr/" in f}
+    cached = {s for s in stores if "/.cache" in s}  # the LLM stages' resume caches
+    assert cached and all(s.rsplit("/", 1)[1].startswith("user-temperature-") for s in cached)
+    stores -= cached
+    assert {s for s in stores if s.startswith("results/tasks/")} == {"results/tasks/user-temperature.zarr"}
+    assert {s for s in stores if s.startswith("results/expert/")} == {"results/expert/smollm2-135m/user-temperature.zarr"}
+    assert {s for s in stores if s.startswith("results/samples/")} == {
+        f"results/samples/user-temperature/{m}.zarr" for m in ("ndp", "llm-ndp", "a-llmp")}
+    assert not any(f.startswith(("results/prior/test/", "results/bench/", "results/metrics/")) for f in files)
+    assert {f for f in files if f.startswith(("results/predictions/", "results/figures/"))} == {
+        *(f"results/predictions/user-temperature/{m}.csv" for m in ("ndp", "i-llmp", "a-llmp", "llm-ndp")),
+        "results/figures/user-temperature.png", "results/figures/user-temperature.pdf"}
+
+
+def test_predict_covers_targets_without_truth(predict_run):
+    workdir, _ = predict_run
+    task = xr.open_zarr(workdir / "results/tasks/user-temperature.zarr")
+    assert np.isnan(task["y_target"].values[-2:]).all()  # months 11 and 12 have an empty y
+    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp"):
+        pred = pd.read_csv(workdir / f"results/predictions/user-temperature/{method}.csv")
+        assert pred["x"].tolist() == [7, 8, 9, 10, 11, 12]
+        assert np.isfinite(pred.drop(columns="x").to_numpy()).all(), method
+
+
+def test_full_run_after_predict_reuses_its_outputs(predict_run, tiny_run: Path):
+    _, files = predict_run
+    redone = [f for f, mtime in files.items() if (tiny_run / f).stat().st_mtime_ns != mtime]
+    assert not redone
+
+
+TRUTH_METRICS = {"nll", "crps", "energy", "coverage50", "coverage90", "mae", "joint_loglik"}
+
+
+def test_metrics_only_where_the_truth_is_known(tiny_run: Path):
+    summary = pd.read_csv(tiny_run / "results/metrics/summary.csv")
+    no_truth = summary[summary.task == "text-zero_after_30"]  # every target without truth
+    assert set(no_truth.metric) == {"constraint", "roughness"}
+    user = summary[summary.task == "user-temperature"]  # 4 targets with truth, 2 without
+    assert TRUTH_METRICS <= set(user.metric) and np.isfinite(user[user.metric == "crps"].value).all()
+
+
+def test_nested_command_line_overrides_are_typed(workflow_copy: Path):
+    result = snakemake(workflow_copy, "-n", "--configfile", "tests/config.yaml",
+                       "--config", 'sample={"n_samples": 8}', 'expert={"shards": 3}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    # three shards of the built-in tasks (gp, synth, text, real), the user task on its own
+    assert {int(k) for k in re.findall(r"rule expert_(\d+):", result.stdout)} == {0, 1, 2, 3}
+    result = snakemake(workflow_copy, "-n", "--configfile", "tests/config.yaml", "--config", 'sample={"n_samples": "eight"}')
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "config error: sample.n_samples: 'eight' is not of type 'integer'"

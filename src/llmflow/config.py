@@ -2,11 +2,17 @@
 
 Errors are reduced to one line naming the offending key path (``prior.lengthscale[0]``), so a
 user sees what to fix before any job runs.
+
+Values typed on the command line arrive as strings below the top level (Snakemake parses
+``--config 'sample={"n_samples": 8}'`` with YAML's base loader, so the 8 is ``'8'``); a string
+that the schema does not take as a string but that parses as one of the types it does take
+becomes that value before validation (:func:`coerce_strings`).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +98,7 @@ def check_consistency(config: dict[str, Any]) -> None:
     names = task_names(config)
     if not names:
         fail("tasks", "declares no task")
+    _check_tasks_fit_the_model(config, names, fail)
     if config["figures"]["task"] not in names:
         fail("figures.task", f"{config['figures']['task']!r} is not one of the configured tasks")
     if config["figures"]["task"] not in allmp_tasks([config["figures"]["task"]], config["allmp"]["tasks"]):
@@ -104,17 +111,111 @@ def check_consistency(config: dict[str, Any]) -> None:
                           f"nor a Hugging Face model folder ({what})")
 
 
+# How far (a fraction of prior.x_range's width) an unrescaled task's x may reach beyond the
+# range the NDP was trained on before the run refuses it (the network has never seen such x).
+X_RANGE_MARGIN = 0.1
+
+
+def _check_tasks_fit_the_model(config: dict[str, Any], names: list[str], fail) -> None:
+    """Every task must be one the NDP can take: its x dimension is prior.x_dim, and tasks that
+    are not mapped into the prior's frame (GP draws, the GP-oracle benchmark; see
+    llmflow.predict.TaskFrame) keep x within prior.x_range up to X_RANGE_MARGIN of its width."""
+    x_dim, (lo, hi) = config["prior"]["x_dim"], config["prior"]["x_range"]
+    for i, spec in enumerate(config["tasks"]["user"]):
+        cols = [spec["x"]] if isinstance(spec["x"], str) else spec["x"]
+        if len(cols) != x_dim:
+            fail(f"tasks.user[{i}].x", f"{len(cols)} x column(s) ({', '.join(cols)}) but prior.x_dim = {x_dim}: "
+                                       f"the NDP takes {x_dim}-dimensional x (set prior.x_dim: {len(cols)} to train one for this task)")
+    if x_dim != 1:
+        leave_out = {"gp": "tasks.gp.per_kernel: 0", "synth": "tasks.synth.functions: []",
+                     "text": "tasks.text: []", "real": "tasks.real.series: []"}
+        for family, how in leave_out.items():
+            if any(n.startswith(f"{family}-") for n in names):
+                fail(f"tasks.{family}", f"its tasks have 1-dimensional x but prior.x_dim = {x_dim} (leave them out with {how})")
+    margin = X_RANGE_MARGIN * (hi - lo)
+    framed = [("bench.gp_oracle.x_range", config["bench"]["gp_oracle"]["x_range"])]
+    if any(n.startswith("gp-") for n in names):
+        framed.append(("tasks.gp.x_range", config["tasks"]["gp"]["x_range"]))
+    for key, (a, b) in framed:
+        if a < lo - margin or b > hi + margin:
+            fail(key, f"[{a:g}, {b:g}] reaches beyond prior.x_range [{lo:g}, {hi:g}] by more than "
+                      f"{X_RANGE_MARGIN:.0%} of its width (these tasks are not rescaled; the NDP never saw such x)")
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     with open(path) as fh:
         return yaml.safe_load(fh)
 
 
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _branches(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
+    """``schema`` and every subschema it admits a value through ($ref, oneOf, anyOf), flat."""
+    if "$ref" in schema:
+        schema = {**schema, **root["$defs"][schema["$ref"].rsplit("/", 1)[1]]}
+    out = [schema]
+    for key in ("oneOf", "anyOf"):
+        for sub in schema.get(key, []):
+            out += _branches(sub, root)
+    return out
+
+
+def _parse_scalar(text: str, branches: list[dict[str, Any]]) -> Any:
+    """``text`` as the scalar the schema takes (null, boolean, integer, number), else unchanged."""
+    types: set[str] = set()
+    enum: list[Any] = []
+    for b in branches:
+        types |= {b["type"]} if isinstance(b.get("type"), str) else set(b.get("type", []))
+        enum += b.get("enum", [])
+    if "string" in types or text in enum:
+        return text
+    word = text.strip()
+    if word.lower() in ("null", "~", "") and ("null" in types or None in enum):
+        return None
+    if word.lower() in ("true", "false") and "boolean" in types:
+        return word.lower() == "true"
+    if _INTEGER.fullmatch(word) and types & {"integer", "number"}:
+        return int(word)
+    if _NUMBER.fullmatch(word) and "number" in types:
+        return float(word)
+    return text
+
+
+def coerce_strings(node: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """``node`` with every string the schema wants as another scalar type parsed as that type.
+
+    Dicts and lists are changed in place (and returned); a string is returned as the value it
+    parses to: ``'8'`` where the schema says integer is 8, ``'1e-3'`` for a number 0.001,
+    ``'true'`` for a boolean True, ``'null'`` where null is allowed None. A string that does not
+    parse stays, so validation names it. ``root``: the whole schema (for ``$ref``).
+    """
+    branches = _branches(schema, root)
+    if isinstance(node, str):
+        return _parse_scalar(node, branches)
+    if isinstance(node, dict):
+        for key, value in node.items():
+            for b in branches:
+                sub = b.get("properties", {}).get(key, b.get("additionalProperties"))
+                if isinstance(sub, dict):
+                    node[key] = coerce_strings(value, sub, root)
+                    break
+    elif isinstance(node, list):
+        items = next((b["items"] for b in branches if isinstance(b.get("items"), dict)), None)
+        if items is not None:
+            node[:] = [coerce_strings(v, items, root) for v in node]
+    return node
+
+
 def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``config`` in place, fill in defaults, and return it.
+    """Coerce command-line strings (:func:`coerce_strings`), then validate ``config`` in place,
+    fill in defaults, and return it.
 
     Raises ConfigError with a one-line message naming the first offending key.
     """
     schema = load_schema() if schema is None else schema
+    coerce_strings(config, schema, schema)
     error = best_match(DefaultFillingValidator(schema).iter_errors(config))
     if error is not None:
         raise ConfigError(f"config error: {_describe(error)}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from llmflow.gp import posterior
+from llmflow.io import write_file
 from llmflow.kernels import Kernel
 from llmflow.metrics import QUANTILES, Bins, bins_metrics, gaussian_metrics, prediction_table, sample_metrics
 from llmflow.tasks import Task
@@ -55,14 +57,24 @@ def task_rows(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> list[di
 
 
 def predictions(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> dict[str, pd.DataFrame]:
-    """Per method: x, mean, median, q05, q25, q75, q95 at the targets (data units)."""
+    """Per method: x, mean, median, q05, q25, q75, q95 at the targets (data units).
+
+    Every target gets a row, whether its truth is known or not. A-LLMP leaves NaN where a draw
+    found no valid number (``allmp.max_retries``); its statistics are over the other draws.
+    """
     out = {}
     for method, s in samples.items():
-        quant = np.quantile(s, QUANTILES, axis=0).T
-        out[method] = pd.DataFrame(prediction_table(task.x_target, quant, s.mean(axis=0)))
+        quant = np.nanquantile(s, QUANTILES, axis=0).T
+        out[method] = pd.DataFrame(prediction_table(task.x_target, quant, np.nanmean(s, axis=0)))
     mids = 0.5 * (bins.lower + bins.upper)
     out["i-llmp"] = pd.DataFrame(prediction_table(task.x_target, bins.quantiles(np.asarray(QUANTILES)), (bins.prob * mids).sum(axis=1)))
     return out
+
+
+def write_predictions(task: Task, samples: dict[str, np.ndarray], bins: Bins, folder: str | Path) -> None:
+    """:func:`predictions` as ``folder/<method>.csv``, one atomic write each."""
+    for method, frame in predictions(task, samples, bins).items():
+        write_file(Path(folder) / f"{method}.csv", lambda p, f=frame: f.to_csv(p, index=False, float_format="%.6g"))
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:

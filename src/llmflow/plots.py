@@ -34,11 +34,25 @@ def _context(ax: plt.Axes, task: Task) -> None:
     ax.plot(task.x_context[:, 0], task.y_context, "k*", ms=9, zorder=5, label="context")
 
 
-def _band(ax: plt.Axes, x: np.ndarray, quant: np.ndarray, color: str, label: str) -> None:
+def _band(ax: plt.Axes, x: np.ndarray, quant: np.ndarray, color: str, label: str,
+          x_context: np.ndarray | None = None) -> None:
+    """Quantile bands (quant (m, 5) at LEVELS) over the targets x (m,). With ``x_context`` the
+    band breaks wherever a context point lies between two neighbouring targets (a band drawn
+    across the data would hide them), and a target alone between context points gets an
+    interval bar."""
     order = np.argsort(x)
-    ax.fill_between(x[order], quant[order, 0], quant[order, 4], color=color, alpha=0.2, lw=0)
-    ax.fill_between(x[order], quant[order, 1], quant[order, 3], color=color, alpha=0.35, lw=0)
-    ax.plot(x[order], quant[order, 2], color=color, lw=1.5, label=label)
+    xs, q = x[order], quant[order]
+    cuts = [] if x_context is None else [
+        k + 1 for k in range(len(xs) - 1) if np.any((x_context > xs[k]) & (x_context < xs[k + 1]))]
+    for i, (seg_x, seg_q) in enumerate(zip(np.split(xs, cuts), np.split(q, cuts))):
+        name = label if i == 0 else None
+        if len(seg_x) == 1:
+            ax.errorbar(seg_x, seg_q[:, 2], yerr=[seg_q[:, 2] - seg_q[:, 0], seg_q[:, 4] - seg_q[:, 2]],
+                        fmt="o", ms=3, color=color, lw=1, label=name)
+            continue
+        ax.fill_between(seg_x, seg_q[:, 0], seg_q[:, 4], color=color, alpha=0.2, lw=0)
+        ax.fill_between(seg_x, seg_q[:, 1], seg_q[:, 3], color=color, alpha=0.35, lw=0)
+        ax.plot(seg_x, seg_q[:, 2], color=color, lw=1.5, label=name)
 
 
 def _trajectories(ax: plt.Axes, x: np.ndarray, samples: np.ndarray, color: str, n: int = 12) -> None:
@@ -144,21 +158,35 @@ def calibration(summary: pd.DataFrame, path: str | Path) -> None:
     save(fig, path)
 
 
+def _band_ylim(task: Task, quant: dict[str, np.ndarray]) -> tuple[float, float]:
+    """y-range holding the context, the known truth and every method's central 50% band (quant
+    (m, 5) at LEVELS), padded by half its height: a few wild draws (A-LLMP's digit slips) run
+    off the panel instead of flattening every other band."""
+    values = [task.y_context, task.y_target[np.isfinite(task.y_target)], *(q[:, 1:4] for q in quant.values())]
+    flat = np.concatenate([np.ravel(v) for v in values])
+    lo, hi = flat.min(), flat.max()
+    pad = 0.5 * (hi - lo) + 1e-9
+    return lo - pad, hi + pad
+
+
 def task_figure(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | Path) -> None:
-    """One panel per method with quantile bands, context and (where known) the truth."""
+    """One panel per method with quantile bands, context and the truth where it is known (targets
+    with an empty y get bands only)."""
     x = task.x_target[:, 0]
+    known = np.isfinite(task.y_target)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
-    quant = {"i-llmp": bins.quantiles(LEVELS)} | {m: np.quantile(s, LEVELS, axis=0).T for m, s in samples.items()}
+    quant = {"i-llmp": bins.quantiles(LEVELS)} | {m: np.nanquantile(s, LEVELS, axis=0).T for m, s in samples.items()}
     for ax, method in zip(axes, ("ndp", "i-llmp", "a-llmp", "llm-ndp")):
         _context(ax, task)
         if method not in quant:  # A-LLMP runs on the tasks of allmp.tasks only
             ax.text(0.5, 0.5, "not sampled\n(allmp.tasks)", transform=ax.transAxes, ha="center", va="center")
             ax.set_title(method)
             continue
-        _band(ax, x, quant[method], COLORS[method], method)
-        if np.isfinite(task.y_target).any():
-            ax.plot(x, task.y_target, "r.", ms=5, label="truth")
+        _band(ax, x, quant[method], COLORS[method], method, task.x_context[:, 0])
+        if known.any():
+            ax.plot(x[known], task.y_target[known], "r.", ms=5, label="truth")
         ax.set_title(method)
+    axes[0].set_ylim(_band_ylim(task, quant))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
     fig.tight_layout()

@@ -6,6 +6,10 @@ the prior's ``x_range``, y centred on the context mean and divided by
 ``max(std(context y), y_scale_min)``. Held-out GP tasks already live in the prior's frame and
 are left as they are. The expert's bins go through the same y map (edges move, probabilities
 do not), and samples are mapped back to the data's units.
+
+Every draw is checked before it is returned (:func:`check_samples`): a non-finite value, or one
+``SANE_SCALES`` data scales beyond the context's range, stops the job instead of reaching a
+sample store.
 """
 
 from __future__ import annotations
@@ -58,6 +62,32 @@ class TaskFrame:
         return y * self.y_scale + self.y_shift
 
 
+# Draws this many data scales beyond the context's y range are a failed integration, not a
+# prediction: the NDP's draws stay within a few prior standard deviations, and the LLM's bins
+# within about 100 times the context's largest |y| (expert.max_int_digits: one digit more).
+SANE_SCALES = 1000.0
+
+
+def check_samples(task: Task, samples: np.ndarray, method: str, frame: TaskFrame) -> None:
+    """Raise ValueError, one line naming the task and method, unless every draw (S, m) is finite
+    and inside ``[lo − K·w, hi + K·w]``: ``lo, hi`` the context's y range, ``K = SANE_SCALES``
+    and ``w = max(hi − lo, max |y_context|, frame.y_scale)`` the data's own scale (data units).
+    """
+    where = f"task {task.name!r}, method {method!r}"
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        raise ValueError(f"{where}: {int(bad.sum())} of {samples.size} draws are not finite; nothing is written")
+    y = np.asarray(task.y_context, dtype=float)
+    lo, hi = (float(y.min()), float(y.max())) if len(y) else (0.0, 0.0)
+    w = max(hi - lo, float(np.abs(y).max()) if len(y) else 0.0, frame.y_scale)
+    low, high = lo - SANE_SCALES * w, hi + SANE_SCALES * w
+    worst = float(samples.flat[np.argmax(np.maximum(low - samples, samples - high))])
+    if not low <= worst <= high:
+        raise ValueError(f"{where}: a draw of {worst:.3g} lies outside the sane range [{low:.3g}, {high:.3g}] "
+                         f"(the context's y range widened by {SANE_SCALES:g} times the data's scale {w:.3g}); "
+                         "the sampler failed, nothing is written")
+
+
 def expert_from_dataset(ds: xr.Dataset, lost: str = "renormalise", temperature: float = 1.0) -> BinnedExpert:
     """The I-LLMP bins of one task (the expert stage's store) as a one-task expert, data units.
 
@@ -80,6 +110,8 @@ def sample_task(
 ) -> np.ndarray:
     """Joint samples (S, m) at the task's targets in data units; with ``expert``: LLM-NDP.
 
+    Raises ValueError (:func:`check_samples`) where a draw is not finite or absurdly far out.
+
     ``sampler`` is the config's ``sampler`` section (solver, steps, t0, noise_std in the task
     frame's y units, jacobian; ``method: smc`` draws LLM-NDP by :func:`llmflow.smc.sample_smc`).
     The same seed gives the same start noise for both methods, so their difference is the
@@ -89,14 +121,18 @@ def sample_task(
     data = (frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None], n_samples)
     common = dict(steps=sampler["steps"], t0=sampler["t0"], noise_std=sampler["noise_std"], jacobian=sampler["jacobian"],
                   expert_weight=expert_weight, expert_fade=expert_fade, generator=torch.Generator().manual_seed(seed))
-    extra = None
-    if expert is not None:
+    if expert is None:
+        out = sample(model, *data, solver=sampler["solver"], **common).y_tgt[0]
+    else:
         # data units → task frame → the network's own normalisation; float32 like the network
         framed = expert.affine(frame.y_shift, frame.y_scale).affine(model.norm.loc, model.norm.scale).to(torch.float32)
-        extra = framed.score
         if sampler["method"] == "smc":
-            return frame.y_back(sample_smc(model, *data, expert=framed, **common, **sampler["smc"]).y_tgt[0])
-    return frame.y_back(sample(model, *data, solver=sampler["solver"], extra_score=extra, **common).y_tgt[0])
+            out = sample_smc(model, *data, expert=framed, **common, **sampler["smc"]).y_tgt[0]
+        else:
+            out = sample(model, *data, solver=sampler["solver"], extra_score=framed.score, **common).y_tgt[0]
+    draws = frame.y_back(out)
+    check_samples(task, draws, "ndp" if expert is None else "llm-ndp", frame)
+    return draws
 
 
 def sample_llm_ndp(

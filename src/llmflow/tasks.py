@@ -20,14 +20,15 @@ Every task is a function of (config, seed, name) only, so tasks build in any ord
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from llmflow.gp import sample_prior
@@ -246,65 +247,141 @@ class TaskInputError(ValueError):
     """A user task that cannot be used; the message names the file and the row."""
 
 
+# Cells that mean "no value": empty (what spreadsheets and pandas write) and the NA spellings.
+MISSING: tuple[str, ...] = ("", "nan", "NaN", "NA")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A CSV as text: column names (stripped), cells (rows × columns), the line each row starts on."""
+
+    columns: list[str]
+    cells: list[list[str]]
+    lines: list[int]
+
+    def column(self, name: str) -> list[str]:
+        k = self.columns.index(name)
+        return [row[k] for row in self.cells]
+
+
+def read_table(path: Path, where: str) -> Table:
+    """Read a comma-separated file as text, row by row, keeping each row's line in the file.
+
+    Blank lines and rows whose every cell is empty are skipped (spreadsheets append such rows);
+    a UTF-8 byte-order mark is dropped and column names are stripped (``day, visitors`` names
+    ``visitors``). Raises TaskInputError (one line, prefixed ``where``) for a file that is not
+    UTF-8 or not CSV, an empty file, and a row with more or fewer fields than the header, which
+    is what an unquoted thousands separator (``1,234``) or decimal comma makes.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise TaskInputError(f"{where}: not a readable CSV (not UTF-8: byte 0x{err.object[err.start]:02x} "
+                             f"at offset {err.start}; save it as UTF-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[int, list[str]]] = []
+    last = 0
+    try:
+        for fields in reader:
+            start, last = last + 1, reader.line_num
+            if any(f.strip() for f in fields):
+                records.append((start, fields))
+    except csv.Error as err:
+        raise TaskInputError(f"{where}: line {reader.line_num}: not a readable CSV ({err})") from None
+    if not records:
+        raise TaskInputError(f"{where}: empty file (no header line)")
+    (_, header), rows = records[0], records[1:]
+    for line, fields in rows:
+        if len(fields) != len(header):
+            extra = fields[len(header):]
+            hint = ("" if not extra else " (a trailing comma?)" if not any(f.strip() for f in extra)
+                    else " (a number with a thousands separator or a decimal comma must be quoted: \"1,234\")")
+            raise TaskInputError(f"{where}: line {line} has {len(fields)} fields but the header has {len(header)}{hint}")
+    return Table([h.strip() for h in header], [f for _, f in rows], [line for line, _ in rows])
+
+
+def _numbers(table: Table, col: str, where: str, missing_ok: bool = False, hint: str = "") -> np.ndarray:
+    """Column ``col`` as floats (n,); a MISSING cell is NaN when ``missing_ok``, else an error."""
+    out = np.empty(len(table.cells))
+    for i, cell in enumerate(table.column(col)):
+        text = cell.strip()
+        if text in MISSING:
+            if not missing_ok:
+                raise TaskInputError(f"{where}: line {table.lines[i]}, column {col!r}: missing value{hint}")
+            out[i] = np.nan
+            continue
+        try:
+            out[i] = float(text)
+        except ValueError:
+            out[i] = np.nan
+        if not np.isfinite(out[i]):
+            raise TaskInputError(f"{where}: line {table.lines[i]}, column {col!r}: not a finite number: {cell!r}")
+    return out
+
+
 def user_task(name: str, spec: dict[str, Any], base_dir: Path = Path(".")) -> Task:
-    """A task from ``spec = {name, csv, x, y, text, context}`` (see the config schema).
+    """A task from ``spec = {name, csv, x, y, text, context, empty_y}`` (see the config schema).
 
     ``x`` is a column name or a list of them (multi-dimensional x); ``context`` is the name of
     a boolean column, ``{fraction: f}`` (the first f of the rows in file order) or
-    ``{first: n}``. Rows are reported by their line in the file (the header is line 1).
+    ``{first: n}``. With ``empty_y: predict`` a row whose y is empty (a MISSING cell) is a target
+    without truth (``y_target`` NaN) and ``context`` may be left out: the context is then every
+    row with a y; an empty y in a context row stays an error. Rows may repeat an x (replicates).
+    Rows are reported by their line in the file (the header is line 1).
     """
     path = Path(spec["csv"])
     path = path if path.is_absolute() else base_dir / path
     where = f"user task {spec['name']!r}: {path}"
     if not path.is_file():
         raise TaskInputError(f"{where}: file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise TaskInputError(f"{where}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    table = read_table(path, where)
     x_cols = [spec["x"]] if isinstance(spec["x"], str) else list(spec["x"])
-    for col in [*x_cols, spec["y"]] + ([spec["context"]] if isinstance(spec["context"], str) else []):
-        if col not in df.columns:
-            raise TaskInputError(f"{where}: no column {col!r} (columns: {', '.join(df.columns)})")
-    if len(df) == 0:
+    y_col, rule = spec["y"], spec.get("context")
+    predict_empty = spec.get("empty_y", "error") == "predict"
+    for col in [*x_cols, y_col] + ([rule] if isinstance(rule, str) else []):
+        if col not in table.columns:
+            alone = table.columns[0] if len(table.columns) == 1 else ""
+            sep = next((f" (is {s!r} the separator? fields must be separated by commas)" for s in (";", "\t") if s in alone), "")
+            raise TaskInputError(f"{where}: no column {col!r} (columns: {', '.join(table.columns)}){sep}")
+        if table.columns.count(col) > 1:
+            raise TaskInputError(f"{where}: line 1: column {col!r} appears {table.columns.count(col)} times in the header")
+    if not table.cells:
         raise TaskInputError(f"{where}: no data rows")
-    values = {}
-    for col in [*x_cols, spec["y"]]:
-        numeric = pd.to_numeric(df[col].str.strip(), errors="coerce")
-        bad = numeric.isna() | ~np.isfinite(numeric.to_numpy(dtype=float, na_value=np.nan))
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raw = df[col].iloc[row]
-            kind = "missing value" if raw.strip() in ("", "nan", "NaN", "NA") else f"not a finite number: {raw!r}"
-            raise TaskInputError(f"{where}: line {row + 2}, column {col!r}: {kind}")
-        values[col] = numeric.to_numpy(dtype=np.float64)
-    x = np.stack([values[c] for c in x_cols], axis=1)
-    y = values[spec["y"]]
-    _, first, counts = np.unique(x, axis=0, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        dup = x[first[np.argmax(counts > 1)]]
-        rows = np.flatnonzero(np.all(x == dup, axis=1))
-        raise TaskInputError(f"{where}: line {rows[1] + 2} repeats x = {dup.tolist()} of line {rows[0] + 2}")
-    is_ctx = _context_rows(df, spec["context"], where)
+    x = np.stack([_numbers(table, c, where) for c in x_cols], axis=1)
+    y = _numbers(table, y_col, where, missing_ok=predict_empty,
+                 hint=" (to predict rows whose y is empty, set empty_y: predict)")
+    empty = np.isnan(y)
+    if rule is None:
+        if not empty.any():
+            raise TaskInputError(f"{where}: column {y_col!r} has no empty cell, so no row is left to predict "
+                                 "(without a context rule the targets are the rows whose y is empty)")
+        is_ctx = ~empty
+    else:
+        is_ctx = _context_rows(table, rule, where)
+        if (is_ctx & empty).any():
+            line = table.lines[int(np.flatnonzero(is_ctx & empty)[0])]
+            raise TaskInputError(f"{where}: line {line}, column {y_col!r}: missing value in a context row "
+                                 f"(only target rows may have an empty y)")
     if is_ctx.sum() < 1:
         raise TaskInputError(f"{where}: the context rule selects no context row")
     if is_ctx.all():
         raise TaskInputError(f"{where}: the context rule selects every row; no target is left")
     return Task(
         name, "user", spec.get("text", ""), x[is_ctx], y[is_ctx], x[~is_ctx], y[~is_ctx],
-        attrs={"csv": str(path), "x_columns": ",".join(x_cols), "y_column": spec["y"]},
+        attrs={"csv": str(path), "x_columns": ",".join(x_cols), "y_column": y_col},
     )
 
 
-def _context_rows(df: pd.DataFrame, rule: str | dict[str, float], where: str) -> np.ndarray:
+def _context_rows(table: Table, rule: str | dict[str, float], where: str) -> np.ndarray:
     if isinstance(rule, str):
         truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-        flags = df[rule].str.strip().str.lower().map(truth)
-        if flags.isna().any():
-            row = int(np.flatnonzero(flags.isna().to_numpy())[0])
-            raise TaskInputError(f"{where}: line {row + 2}, column {rule!r}: not a boolean: {df[rule].iloc[row]!r}")
-        return flags.to_numpy(dtype=bool)
-    n = len(df)
+        flags = np.empty(len(table.cells), dtype=bool)
+        for i, cell in enumerate(table.column(rule)):
+            if cell.strip().lower() not in truth:
+                raise TaskInputError(f"{where}: line {table.lines[i]}, column {rule!r}: not a boolean: {cell!r}")
+            flags[i] = truth[cell.strip().lower()]
+        return flags
+    n = len(table.cells)
     k = int(rule["first"]) if "first" in rule else int(np.floor(rule["fraction"] * n))
     return np.arange(n) < k
 

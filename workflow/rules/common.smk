@@ -11,6 +11,8 @@ PRIOR_SHARDS = {
 
 TASKS = task_names(config)
 TASK_STORES = [f"results/tasks/{task}.zarr" for task in TASKS]
+USER_TASKS = [t for t in TASKS if t.startswith("user-")]
+BUILTIN_TASKS = [t for t in TASKS if not t.startswith("user-")]
 USER_CSVS = {f"user-{u['name']}": [u["csv"]] for u in config["tasks"]["user"]}
 
 from llmflow.evaluate import METHODS, SAMPLE_METHODS, allmp_tasks
@@ -20,9 +22,15 @@ MODEL_LABEL = model_label(config["llm"]["model"])
 
 
 def shards(tasks):
-    """Tasks dealt round-robin over expert.shards jobs; one model load per job."""
+    """Tasks dealt round-robin over expert.shards jobs, one model load per job: the built-in
+    tasks over shards 0, 1, ..., the user tasks over their own shards numbered after them, so
+    `predict` runs the LLM on the user tasks alone."""
     n = config["expert"]["shards"]
-    return {k: tasks[k::n] for k in range(min(n, len(tasks)))}
+    out = {}
+    for group in ([t for t in tasks if t in BUILTIN_TASKS], [t for t in tasks if t in USER_TASKS]):
+        for k in range(min(n, len(group))):
+            out[len(out)] = group[k::n]
+    return out
 
 
 EXPERT_SHARDS = shards(TASKS)

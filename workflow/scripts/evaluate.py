@@ -1,9 +1,10 @@
-"""Rule `evaluate`: metrics per task × method, summary CSV + markdown, predictions CSVs."""
+"""Rule `evaluate`: metrics per task × method, summary CSV + markdown, predictions CSVs of the
+built-in tasks (a user task's come from its rule `user_<name>`)."""
 
 import pandas as pd
 import xarray as xr
 
-from llmflow.evaluate import bins_from_dataset, predictions, summary_markdown, task_rows
+from llmflow.evaluate import bins_from_dataset, summary_markdown, task_rows, write_predictions
 from llmflow.io import write_file
 from llmflow.logs import log_errors
 from llmflow.tasks import Task
@@ -15,8 +16,8 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
         samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in snakemake.params.methods[name]}
         bins = bins_from_dataset(xr.open_zarr(snakemake.input.experts[i]))
         rows += task_rows(task, samples, bins)
-        for method, frame in predictions(task, samples, bins).items():
-            write_file(f"results/predictions/{name}/{method}.csv", lambda p, f=frame: f.to_csv(p, index=False, float_format="%.6g"))
+        if name in snakemake.params.export:
+            write_predictions(task, samples, bins, f"results/predictions/{name}")
     summary = pd.DataFrame(rows, columns=["task", "family", "method", "metric", "value"])
     write_file(snakemake.output.summary, lambda p: summary.to_csv(p, index=False, float_format="%.6g"))
     write_file(snakemake.output.table, lambda p: p.write_text(summary_markdown(summary)))

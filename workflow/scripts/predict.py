@@ -1,0 +1,17 @@
+"""Rule `user_<name>`: one user task's predictions CSVs (every method) and its figure."""
+
+import xarray as xr
+
+from llmflow import plots
+from llmflow.evaluate import bins_from_dataset, write_predictions
+from llmflow.logs import log_errors
+from llmflow.tasks import Task
+
+with log_errors(snakemake.log[0], snakemake.threads) as log:
+    task = Task.from_dataset(xr.open_zarr(snakemake.input.task))
+    samples = {m: xr.open_zarr(path)["y"].values for m, path in zip(snakemake.params.methods, snakemake.input.samples)}
+    bins = bins_from_dataset(xr.open_zarr(snakemake.input.expert))
+    write_predictions(task, samples, bins, snakemake.params.folder)
+    plots.task_figure(task, samples, bins, snakemake.output.figure)
+    log.info("wrote %d predictions CSVs and %s for %s (%d targets)", len(snakemake.output.predictions),
+             snakemake.output.figure, task.name, len(task.y_target))
