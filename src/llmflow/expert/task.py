@@ -260,9 +260,16 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
     )
 
 
+# Raised whenever the code changes what a cached result holds for the same task and settings
+# (2: scaled numbers, budgeted trie, scored truths, reference tie order), so old caches are not reused.
+CACHE_VERSION = 2
+
+
 def fingerprint(task: xr.Dataset, settings: dict[str, Any]) -> str:
-    """Short hash of a task's data and text plus ``settings``: the key of a cached result."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    """Short hash of a task's data and text plus ``settings`` and ``CACHE_VERSION``: the key of
+    a cached result."""
+    keyed = {"settings": settings, "cache_version": CACHE_VERSION}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
     for name in ("x_context", "y_context", "x_target", "y_target"):  # y_target: its scored NLL
         digest.update(np.ascontiguousarray(task[name].values, dtype=np.float64).tobytes())
     digest.update(str(task.attrs.get("text", "")).encode())
