@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 
 from conftest import copy_workflow
-from killresume import RESUME_ARGS, RUN_ARGS, KillPoint, digest_tree, interrupted, run_attempt, unlock, unreadable_stores
+from killresume import (RESUME_ARGS, RUN_ARGS, KillPoint, digest_tree, incomplete_outputs, interrupted, run_attempt,
+                        unlock, unreadable_stores)
 
 SEED = 6
 # Markers and delays fit the tiny config on 2 shared cores: training takes ~1 s after its first
@@ -49,8 +50,10 @@ def test_killed_pipeline_resumes_to_identical_results(tiny_run: Path, tmp_path: 
         # What a killed train or expert job left for the next attempt to reuse.
         if "train" in stages:
             checkpoint_steps += [int(p.stem.split("-")[1]) for p in workdir.glob("results/ndp/checkpoints/step-*.pt")]
-        if "expert" in stages:
-            cached |= {str(p.relative_to(workdir)) for p in workdir.glob("results/expert/*/.cache/*.zarr")}
+        if "expert" in stages:  # the tasks a cut expert job had finished (<task>-<fingerprint>.zarr)
+            cut = incomplete_outputs(workdir)
+            cached |= {str(p.relative_to(workdir)) for p in workdir.glob("results/expert/*/.cache/*.zarr")
+                       if str((p.parent.parent / f"{p.stem.rsplit('-', 1)[0]}.zarr").relative_to(workdir)) in cut}
         unlock(workdir)
         args = RESUME_ARGS
     final = run_attempt(workdir, args, None, 0.0)
