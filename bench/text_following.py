@@ -43,7 +43,7 @@ CASES = [
 ]
 
 
-def mass_in(bins: expert.Bins, lo: float, hi: float) -> float:
+def mass_in(bins: expert.TrieResult, lo: float, hi: float) -> float:
     """Probability of [lo, hi] under the binned distribution (uniform within each bin)."""
     overlap = np.clip(np.minimum(bins.upper, hi) - np.maximum(bins.lower, lo), 0, None)
     return float((np.exp(bins.logp) * overlap / (bins.upper - bins.lower)).sum())

@@ -11,7 +11,8 @@ import torch
 import xarray as xr
 
 from brute_force import score_strings
-from llmflow import allmp, evaluate, expert, llm
+from llmflow import allmp, expert, llm
+from llmflow.binned import BinnedDensity
 from llmflow.io import write_zarr
 
 STYLE = expert.prompt_style("default")
@@ -49,7 +50,7 @@ def smol64(smollm2_dir: Path):
     return llm.load_model("smollm2-135m", models_dir=smollm2_dir.parent, dtype="float64")
 
 
-def _texts(bins: expert.Bins, lead: str = " ") -> list[str]:
+def _texts(bins: expert.TrieResult, lead: str = " ") -> list[str]:
     return [lead + s + ("\n" if c else "") for s, c in zip(bins.strings, bins.complete)]
 
 
@@ -522,8 +523,7 @@ def test_offset_and_tiny_series_read_at_their_scale(smol32):
              "x_target": (("target", "x_dim"), x[12:, None]), "y_target": (("target",), y[12:])},
             attrs={"name": "series", "family": "user", "text": ""})
         ds = expert.task_expert(model, tok, task, expert.ExpertConfig(), "smol", progress=False)
-        bins = evaluate.bins_from_dataset(ds)
-        median = bins.quantiles(np.array([0.5]))[:, 0]
+        median = BinnedDensity.from_store(ds).quantiles(np.array([0.5]))[0, :, 0]
         assert np.all(np.abs(median - level) < 3 * spread), median
         kept = (np.exp(ds["logp"]).sum("bin") - ds["mass_union"]) / (1 - ds["lost_invalid"])
         assert float(kept.min()) > 0.99 and float(ds["lost_pruned"].max()) == 0.0

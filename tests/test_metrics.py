@@ -3,7 +3,8 @@
 import numpy as np
 from scipy import stats
 
-from llmflow.metrics import Bins, bins_metrics, gaussian_metrics, kde_log_density, sample_metrics
+from llmflow.binned import BinnedDensity
+from llmflow.metrics import bins_metrics, gaussian_metrics, kde_log_density, sample_metrics
 from llmflow.tasks import Task
 
 
@@ -34,9 +35,15 @@ def test_sample_metrics_agree_with_the_exact_gaussian():
     assert worse["nll"] > est["nll"] + 0.2 and worse["crps"] > est["crps"] + 0.05
 
 
+def _bins(lower, upper, prob, nll=None) -> BinnedDensity:
+    """A one-task density from (m, B) edges and probabilities."""
+    with np.errstate(divide="ignore"):
+        return BinnedDensity.from_arrays(lower[None], upper[None], np.log(prob)[None], nll)
+
+
 def test_binned_metrics_are_exact_for_uniform_bins():
     task = Task("t", "synth", "", np.zeros((1, 1)), np.zeros(1), np.zeros((1, 1)), np.array([0.3]))
-    bins = Bins(np.array([[0.0, 1.0]]), np.array([[1.0, 2.0]]), np.array([[0.5, 0.5]]))  # U(0, 2)
+    bins = _bins(np.array([[0.0, 1.0]]), np.array([[1.0, 2.0]]), np.array([[0.5, 0.5]]))  # U(0, 2)
     out = bins_metrics(task, bins)
     np.testing.assert_allclose(out["nll"], np.log(2.0))
     # CRPS of U(0, 2) at 0.3: ∫F² below + ∫(1−F)² above = 0.3³/12 + (1.7³)/(3·2²)·... exact form:
@@ -44,13 +51,13 @@ def test_binned_metrics_are_exact_for_uniform_bins():
     grid = np.linspace(-1, 3, 400001)
     crps = np.trapezoid((exact.cdf(grid) - (grid >= 0.3)) ** 2, grid)
     np.testing.assert_allclose(out["crps"], crps, atol=1e-3)
-    np.testing.assert_allclose(bins.quantiles(np.array([0.05, 0.5, 0.95]))[0], [0.1, 1.0, 1.9])
+    np.testing.assert_allclose(bins.quantiles(np.array([0.05, 0.5, 0.95]))[0, 0], [0.1, 1.0, 1.9])
     assert out["coverage90"] == 1.0 and out["coverage50"] == 0.0
     # Where the expert scored the truth's own string, that exact NLL is the score, even if the
     # bins (coarse, or far from the truth) give the truth no density.
     far = Task("t", "synth", "", np.zeros((1, 1)), np.zeros(1), np.zeros((1, 1)), np.array([5.0]))
     assert bins_metrics(far, bins)["nll"] == np.inf
-    scored = Bins(bins.lower, bins.upper, bins.prob, nll=np.array([7.25]))
+    scored = _bins(np.array([[0.0, 1.0]]), np.array([[1.0, 2.0]]), np.array([[0.5, 0.5]]), nll=np.array([[7.25]]))
     assert bins_metrics(far, scored)["nll"] == 7.25
 
 
@@ -80,8 +87,8 @@ def test_binned_constraint_is_the_product_of_masses_inside():
     task = Task("t", "text", "", x[:1], np.zeros(1), x, np.full(2, np.nan),
                 np.array([-0.5, -np.inf]), np.array([0.5, 0.0]))
     # target 0: [-1, 0) 0.2, [0, 1) 0.8 -> mass in [-0.5, 0.5] = 0.1 + 0.4; target 1: 0.2 below 0
-    bins = Bins(np.array([[-1.0, 0.0], [-1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 1.0]]),
-                np.array([[0.2, 0.8], [0.2, 0.8]]))
+    bins = _bins(np.array([[-1.0, 0.0], [-1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 1.0]]),
+                 np.array([[0.2, 0.8], [0.2, 0.8]]))
     assert abs(bins_metrics(task, bins)["constraint"] - 0.5 * 0.2) < 1e-12
 
 

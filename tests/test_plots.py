@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llmflow import plots
-from llmflow.metrics import Bins
+from llmflow.binned import BinnedDensity
 from llmflow.tasks import Task
 
 
@@ -18,9 +18,9 @@ def _task(m: int = 6) -> Task:
     return Task("user-demo", "user", "a sentence", x[:3], y[:3], x[3:], y[3:])
 
 
-def _bins(m: int) -> Bins:
-    lower = np.tile(np.arange(-2.0, 2.0, 0.5), (m, 1))
-    return Bins(lower, lower + 0.5, np.ones_like(lower))
+def _bins(m: int) -> BinnedDensity:
+    lower = np.tile(np.arange(-2.0, 2.0, 0.5), (1, m, 1))
+    return BinnedDensity.from_arrays(lower, lower + 0.5, np.zeros_like(lower))
 
 
 @pytest.mark.parametrize("methods", [("ndp", "a-llmp", "llm-ndp"), ("ndp", "llm-ndp")])

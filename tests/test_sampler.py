@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
+from llmflow.poe import ExpertTerm
 from llmflow.sampler import sample
 
 
@@ -72,26 +73,39 @@ def test_context_guidance_is_exact_for_unit_gaussian_data(jacobian, solver):
     np.testing.assert_allclose(s.y_tgt.var(1), 1.0, rtol=0.05)
 
 
+class GaussianExpert:
+    """Expert q = N(a_task, b²) at every target: q convolved with N(0, r²) is N(a, b² + r²),
+    whose log-gradient is (a − ŷ)/(b² + r²). Records the tasks and widths it is asked at."""
+
+    def __init__(self, a: torch.Tensor, b2: float):
+        self.a, self.b2, self.calls = a, b2, []
+
+    def score(self, y, task, r):
+        self.calls.append((task, r))
+        return (self.a[task][:, None] - y) / (self.b2 + r**2)
+
+    def log_density(self, y, task, r=0.0):
+        var = self.b2 + r**2
+        return -0.5 * (y - self.a[task][:, None]) ** 2 / var - 0.5 * torch.log(2 * torch.pi * torch.tensor(var))
+
+
 @pytest.mark.parametrize("jacobian", ["exact", "free"])
-def test_extra_score_samples_the_product_of_experts(jacobian):
-    # Expert q = N(a_task, b²) at every target: q convolved with N(0, r_t²) is N(a, b² + r_t²),
-    # whose log-gradient is (a − ŷ)/(b² + r_t²); p1 · q ∝ N(a / (1 + b²), b² / (1 + b²)).
+def test_expert_term_samples_the_product_of_experts(jacobian):
+    # p1 = N(0, 1) at every target times q = N(a, b²): N(a / (1 + b²), b² / (1 + b²)); the
+    # sampler must ask the expert at r_t = √posterior_var(t) of its own grid.
     from llmflow.flow import posterior_var
 
     a, b2 = torch.tensor([2.0, -1.0]), 0.5
-    calls = []
-
-    def expert(t, yhat, task):
-        calls.append(task)
-        return (a[task][:, None] - yhat) / (b2 + posterior_var(t))
-
+    expert = GaussianExpert(a, b2)
     x_tgt = torch.zeros(2, 3, 1)
     s = sample(_model(GaussianField()), None, None, x_tgt, 10000, solver="heun", steps=60,
-               jacobian=jacobian, extra_score=expert, expert_weight=1.0, batch_size=7000,
+               jacobian=jacobian, expert=ExpertTerm(expert, weight=1.0), batch_size=7000,
                generator=torch.Generator().manual_seed(3))
     np.testing.assert_allclose(s.y_tgt.mean(1), np.repeat(a.numpy()[:, None] / (1 + b2), 3, 1), atol=0.03)
     np.testing.assert_allclose(s.y_tgt.var(1), b2 / (1 + b2), rtol=0.06)
-    assert set(torch.cat(calls).tolist()) == {0, 1}
+    assert set(torch.cat([task for task, _ in expert.calls]).tolist()) == {0, 1}
+    grid = np.linspace(1e-3, 1.0, 61)
+    assert {r for _, r in expert.calls} <= {np.sqrt(posterior_var(float(t))) for t in grid}
 
 
 def test_expert_fade_leaves_targets_at_the_context_to_the_ndp():
@@ -99,34 +113,15 @@ def test_expert_fade_leaves_targets_at_the_context_to_the_ndp():
     # context point (x = 0, weight 0), target 1 far from it (weight 1): the first must stay
     # N(0, 1), the second follow the product N(a / (1 + b²), b² / (1 + b²)). The masked-out
     # context point at x = 8 must not fade target 1.
-    from llmflow.flow import posterior_var
-
     a, b2 = 2.0, 0.5
-
-    def expert(t, yhat, task):
-        return (a - yhat) / (b2 + posterior_var(t))
-
+    expert = GaussianExpert(torch.tensor([a]), b2)
     x_ctx, y_ctx = torch.tensor([[[0.0], [8.0]]]), torch.tensor([[0.0, 0.0]])
     x_tgt = torch.tensor([[[0.0], [8.0]]])
     s = sample(_model(GaussianField()), x_ctx, y_ctx, x_tgt, 10000, ctx_mask=torch.tensor([[True, False]]),
-               solver="heun", steps=60, noise_std=10.0, jacobian="exact", extra_score=expert,
-               expert_weight=1.0, expert_fade=1.0, generator=torch.Generator().manual_seed(4))
+               solver="heun", steps=60, noise_std=10.0, jacobian="exact", expert=ExpertTerm(expert, 1.0, fade=1.0),
+               generator=torch.Generator().manual_seed(4))
     np.testing.assert_allclose(s.y_tgt[0].mean(0), [0.0, a / (1 + b2)], atol=0.03)
     np.testing.assert_allclose(s.y_tgt[0].var(0), [1.0, b2 / (1 + b2)], rtol=0.06)
-
-
-def test_expert_fade_factor():
-    from llmflow.sampler import expert_fade_factor
-
-    x_ctx = torch.tensor([[[0.0], [4.0]]])
-    x_tgt = torch.tensor([[[0.0], [1.0], [3.0], [20.0]]])
-    both = torch.tensor([[True, True]])
-    fade = expert_fade_factor(x_ctx, both, x_tgt, 2.0)[0].numpy()
-    np.testing.assert_allclose(fade, 1 - np.exp(-0.5 * (np.array([0.0, 1.0, 1.0, 16.0]) / 2.0) ** 2), rtol=1e-6)
-    only_first = expert_fade_factor(x_ctx, torch.tensor([[True, False]]), x_tgt, 2.0)[0].numpy()
-    np.testing.assert_allclose(only_first[2], 1 - np.exp(-0.5 * (3.0 / 2.0) ** 2), rtol=1e-6)
-    assert (expert_fade_factor(x_ctx, both, x_tgt, 0.0) == 1).all()
-    assert (expert_fade_factor(x_ctx, torch.tensor([[False, False]]), x_tgt, 2.0) == 1).all()
 
 
 def test_results_do_not_depend_on_batch_size():

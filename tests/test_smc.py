@@ -6,7 +6,8 @@ import torch
 from scipy import stats
 
 from llmflow.ndp import TrainedNDP, YNormalisation
-from llmflow.poe import BinnedExpert
+from llmflow.binned import BinnedDensity
+from llmflow.poe import ExpertTerm
 from llmflow.sampler import sample
 from llmflow.smc import effective_sample_size, sample_smc, systematic_resample
 
@@ -31,13 +32,13 @@ class BimodalFlow(torch.nn.Module):
         return (yhat - y) / (1 - t[..., 0])
 
 
-def gaussian_bins(centre: float, sd: float) -> BinnedExpert:
+def gaussian_bins(centre: float, sd: float) -> BinnedDensity:
     edges = np.arange(-6.0, 6.0001, 0.1)
     mass = np.diff(stats.norm.cdf(edges, centre, sd))
-    return BinnedExpert.from_arrays(edges[None, None, :-1], edges[None, None, 1:], np.log(mass)[None, None])
+    return BinnedDensity.from_arrays(edges[None, None, :-1], edges[None, None, 1:], np.log(mass)[None, None])
 
 
-def product_cdf(expert: BinnedExpert) -> tuple[np.ndarray, np.ndarray]:
+def product_cdf(expert: BinnedDensity) -> tuple[np.ndarray, np.ndarray]:
     grid = np.linspace(-4, 4, 40001)
     p1 = 0.5 * stats.norm.pdf(grid, -1.5, 0.3) + 0.5 * stats.norm.pdf(grid, 1.5, 0.3)
     q = expert.log_density(torch.as_tensor(grid)[:, None], torch.zeros(len(grid), dtype=torch.long)).exp()[:, 0].numpy()
@@ -57,8 +58,8 @@ def test_smc_corrects_the_guided_ode_on_a_bimodal_flow():
     def ks(draws):
         return stats.kstest(draws, lambda v: np.interp(v, grid, cdf)).statistic
 
-    smc = sample_smc(model, None, None, x, 2000, expert=expert, steps=30, generator=torch.Generator().manual_seed(0))
-    ode = sample(model, None, None, x, 2000, solver="heun", steps=30, extra_score=expert.score,
+    smc = sample_smc(model, None, None, x, 2000, expert=ExpertTerm(expert), steps=30, generator=torch.Generator().manual_seed(0))
+    ode = sample(model, None, None, x, 2000, solver="heun", steps=30, expert=ExpertTerm(expert),
                  generator=torch.Generator().manual_seed(0))
     d_smc, d_ode = ks(smc.y_tgt[0, :, 0]), ks(ode.y_tgt[0, :, 0])
     right = np.interp(0.0, grid, 1 - cdf)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self, get_type_hints
 
 import yaml
 from jsonschema import Draft202012Validator, validators
@@ -26,6 +26,35 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 class ConfigError(ValueError):
     """A config value that the workflow cannot use; the message is one line naming the key."""
+
+
+class Section:
+    """Base of the frozen dataclass of one config section (``KEY``: its path, ``sampler.smc``).
+
+    The convention: the dataclass's fields are the section's schema properties, with the
+    schema's defaults (``tests/test_config.py`` checks both); a function that takes one of these
+    settings takes its default from the dataclass. :meth:`from_config` builds it from the
+    validated section, rejecting keys it does not know, and builds nested sections the same way.
+    """
+
+    KEY: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> Self:
+        """The dataclass of ``section`` (a validated config section); ConfigError naming the key
+        for a key that is not one of its fields."""
+        hints = get_type_hints(cls)
+        values = {}
+        for name, value in section.items():
+            if name not in hints or name == "KEY":
+                raise ConfigError(f"config error: {cls.KEY}.{name}: not a setting of this section")
+            kind = hints[name]
+            if isinstance(kind, type) and issubclass(kind, Section):
+                value = kind.from_config(value)
+            elif isinstance(value, list):
+                value = tuple(value)  # frozen: hashable and immutable like the rest
+            values[name] = value
+        return cls(**values)
 
 
 def _fill_defaults(validator_class):

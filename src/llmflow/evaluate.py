@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from llmflow.gp import posterior
 from llmflow.io import write_file
 from llmflow.kernels import Kernel
-from llmflow.metrics import QUANTILES, Bins, bins_metrics, gaussian_metrics, prediction_table, sample_metrics
+from llmflow.binned import BinnedDensity
+from llmflow.metrics import QUANTILES, bins_metrics, gaussian_metrics, prediction_table, sample_metrics
 from llmflow.tasks import Task
 
 SAMPLE_METHODS: tuple[str, ...] = ("ndp", "a-llmp", "llm-ndp")
@@ -25,16 +25,6 @@ def allmp_tasks(tasks: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return [t for t in tasks if any(fnmatchcase(t, p) for p in patterns)]
 
 
-def bins_from_dataset(ds: xr.Dataset) -> Bins:
-    """The expert stage's store (``lower``, ``upper``, ``logp`` over (target, bin); the truth
-    strings' ``nll_target``) as Bins."""
-    lower, upper, logp = ds["lower"].values, ds["upper"].values, ds["logp"].values
-    valid = np.isfinite(lower) & np.isfinite(upper) & np.isfinite(logp)
-    prob = np.where(valid, np.exp(np.where(valid, logp, 0.0)), 0.0)
-    nll = ds["nll_target"].values if "nll_target" in ds else None
-    return Bins(np.where(valid, lower, 0.0), np.where(valid, upper, 1.0), prob, nll)
-
-
 def gp_oracle(task: Task) -> tuple[np.ndarray, np.ndarray]:
     """Exact GP posterior (mean (m,), cov (m, m)) with the task's true hyper-parameters."""
     a = task.attrs
@@ -43,7 +33,7 @@ def gp_oracle(task: Task) -> tuple[np.ndarray, np.ndarray]:
     return post.mean, post.cov
 
 
-def task_rows(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> list[dict]:
+def task_rows(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity) -> list[dict]:
     """Long-format metric rows (task, family, method, metric, value) of one task."""
     scores = {method: sample_metrics(task, s) for method, s in samples.items()}
     scores["i-llmp"] = bins_metrics(task, bins)
@@ -56,7 +46,7 @@ def task_rows(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> list[di
     ]
 
 
-def predictions(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> dict[str, pd.DataFrame]:
+def predictions(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity) -> dict[str, pd.DataFrame]:
     """Per method: x, mean, median, q05, q25, q75, q95 at the targets (data units).
 
     Every target gets a row, whether its truth is known or not. A-LLMP leaves NaN where a draw
@@ -66,12 +56,11 @@ def predictions(task: Task, samples: dict[str, np.ndarray], bins: Bins) -> dict[
     for method, s in samples.items():
         quant = np.nanquantile(s, QUANTILES, axis=0).T
         out[method] = pd.DataFrame(prediction_table(task.x_target, quant, np.nanmean(s, axis=0)))
-    mids = 0.5 * (bins.lower + bins.upper)
-    out["i-llmp"] = pd.DataFrame(prediction_table(task.x_target, bins.quantiles(np.asarray(QUANTILES)), (bins.prob * mids).sum(axis=1)))
+    out["i-llmp"] = pd.DataFrame(prediction_table(task.x_target, bins.quantiles(np.asarray(QUANTILES))[0], bins.mean()[0]))
     return out
 
 
-def write_predictions(task: Task, samples: dict[str, np.ndarray], bins: Bins, folder: str | Path) -> None:
+def write_predictions(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity, folder: str | Path) -> None:
     """:func:`predictions` as ``folder/<method>.csv``, one atomic write each."""
     for method, frame in predictions(task, samples, bins).items():
         write_file(Path(folder) / f"{method}.csv", lambda p, f=frame: f.to_csv(p, index=False, float_format="%.6g"))

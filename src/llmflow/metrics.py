@@ -22,62 +22,15 @@ said otherwise, averaged over targets whose truth is known:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scoringrules as sr
 from scipy import stats
 
+from llmflow.binned import BinnedDensity
 from llmflow.gp import LOG_2PI
 from llmflow.tasks import Task
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-@dataclass(frozen=True)
-class Bins:
-    """Binned densities at m targets: edges and probabilities (m, B), padding with p = 0.
-
-    ``nll`` (m,): the exact NLL of each target's truth where the expert scored the truth's own
-    string (the LLMP reference's NLL, finite even where the bins are coarse); None: the NLL is
-    read off the binned density.
-    """
-
-    lower: np.ndarray
-    upper: np.ndarray
-    prob: np.ndarray
-    nll: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        total = self.prob.sum(axis=1, keepdims=True)
-        object.__setattr__(self, "prob", self.prob / total)
-
-    def quantiles(self, levels: np.ndarray) -> np.ndarray:
-        """(m, len(levels)) quantiles, interpolating linearly inside bins."""
-        out = np.empty((self.prob.shape[0], len(levels)))
-        for i in range(self.prob.shape[0]):
-            keep = self.prob[i] > 0
-            order = np.argsort(self.lower[i, keep])
-            lo, hi, p = self.lower[i, keep][order], self.upper[i, keep][order], self.prob[i, keep][order]
-            # The CDF is piecewise linear through (lo_b, F_{b-1}) and (hi_b, F_b); bins may leave gaps.
-            knots_y = np.concatenate([[lo[0]], np.ravel(np.column_stack([hi, np.append(lo[1:], hi[-1])]))])[:-1]
-            cdf = np.cumsum(p)
-            knots_f = np.concatenate([[0.0], np.repeat(cdf, 2)])[:-1]
-            out[i] = np.interp(levels, knots_f, knots_y)
-        return out
-
-    def mass_inside(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """(m,) probability of [lo_j, hi_j] at each target (uniform within bins); lo, hi (m,)."""
-        width = np.where(self.prob > 0, self.upper - self.lower, 1.0)
-        overlap = np.clip(np.minimum(self.upper, hi[:, None]) - np.maximum(self.lower, lo[:, None]), 0.0, None)
-        return np.where(self.prob > 0, self.prob * np.minimum(overlap, width) / width, 0.0).sum(axis=1)
-
-    def log_density(self, y: np.ndarray) -> np.ndarray:
-        """(m,) log density at y (m,); −inf outside every bin."""
-        inside = (y[:, None] >= self.lower) & (y[:, None] < self.upper) & (self.prob > 0)
-        dens = np.where(inside, self.prob / (self.upper - self.lower), 0.0).sum(axis=1)
-        with np.errstate(divide="ignore"):
-            return np.log(dens)
 
 
 def kde_log_density(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -135,24 +88,25 @@ def sample_metrics(task: Task, samples: np.ndarray) -> dict[str, float]:
     return out
 
 
-def bins_metrics(task: Task, bins: Bins, n_quantiles: int = 512) -> dict[str, float]:
-    """Every metric of a binned-density method (I-LLMP) on ``task``.
+def bins_metrics(task: Task, bins: BinnedDensity, n_quantiles: int = 512) -> dict[str, float]:
+    """Every metric of a binned-density method (I-LLMP) on ``task``; ``bins``: its one-task
+    density (T = 1).
 
     ``constraint`` is exact: the targets are independent, so the probability that a joint draw
     meets the text everywhere is the product of the per-target masses inside its interval.
     """
     out: dict[str, float] = {}
     if task.constraint_lo is not None:
-        out["constraint"] = float(np.prod(bins.mass_inside(task.constraint_lo, task.constraint_hi)))
+        out["constraint"] = float(np.prod(bins.mass_inside(task.constraint_lo, task.constraint_hi)[0]))
     known = np.isfinite(task.y_target)
     if not known.any():
         return out
     y = task.y_target[known]
-    sub = Bins(bins.lower[known], bins.upper[known], bins.prob[known])
-    out["nll"] = float(bins.nll[known].mean() if bins.nll is not None else -sub.log_density(y).mean())
+    sub = bins.targets(known)
+    out["nll"] = float(sub.nll(y[None])[0].mean())
     levels = (np.arange(n_quantiles) + 0.5) / n_quantiles
-    out["crps"] = float(np.mean(sr.crps_ensemble(y, sub.quantiles(levels))))
-    out |= _interval_metrics(sub.quantiles(np.asarray(QUANTILES)), y)
+    out["crps"] = float(np.mean(sr.crps_ensemble(y, sub.quantiles(levels)[0])))
+    out |= _interval_metrics(sub.quantiles(np.asarray(QUANTILES))[0], y)
     return out
 
 

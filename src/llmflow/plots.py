@@ -10,9 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
+from llmflow.binned import BinnedDensity  # noqa: E402
 from llmflow.io import write_file  # noqa: E402
-from llmflow.metrics import Bins  # noqa: E402
 from llmflow.tasks import Task  # noqa: E402
 
 COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue"}
@@ -61,11 +62,11 @@ def _trajectories(ax: plt.Axes, x: np.ndarray, samples: np.ndarray, color: str, 
         ax.plot(x[order], s[order], color=color, lw=0.8, alpha=0.7)
 
 
-def figure1(task: Task, samples: dict[str, np.ndarray], bins: Bins, x_prior: np.ndarray, prior_samples: np.ndarray, path: str | Path) -> None:
+def figure1(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity, x_prior: np.ndarray, prior_samples: np.ndarray, path: str | Path) -> None:
     """Quantile bands of I-LLMP, A-LLMP, LLM-NDP; their samples; unconditional NDP samples."""
     x = task.x_target[:, 0]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=False)
-    bands = {"i-llmp": bins.quantiles(LEVELS)} | {
+    bands = {"i-llmp": bins.quantiles(LEVELS)[0]} | {
         m: np.quantile(samples[m], LEVELS, axis=0).T for m in ("a-llmp", "llm-ndp")
     }
     for ax, (method, quant) in zip(axes[0], bands.items()):
@@ -111,7 +112,7 @@ def _robust_ylim(task: Task, samples: list[np.ndarray]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def figure2(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | Path) -> None:
+def figure2(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity, path: str | Path) -> None:
     """Two-point text conditioning: NDP, A-LLMP, LLM-NDP trajectories; I-LLMP log-density.
 
     Titles carry each method's constraint-satisfaction rate when the text states one.
@@ -127,8 +128,8 @@ def figure2(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | 
         rate = f", satisfies text: {task.satisfies(samples[method]).mean():.0%}" if task.constraint_lo is not None else ""
         ax.set_title(method + rate, fontsize=10)
     grid = np.linspace(*ylim, 200)
-    dens = np.stack([Bins(bins.lower[i : i + 1], bins.upper[i : i + 1], bins.prob[i : i + 1]).log_density(np.full(1, g))
-                     for g in grid for i in range(len(x))]).reshape(len(grid), len(x))
+    at_grid = torch.as_tensor(np.repeat(grid[:, None], len(x), axis=1))
+    dens = bins.log_density(at_grid, torch.zeros(len(grid), dtype=torch.long)).numpy()  # (grid, m)
     order = np.argsort(x)
     mesh = axes[3].pcolormesh(x[order], grid, np.maximum(dens[:, order], -10), shading="nearest", cmap="viridis")
     _context(axes[3], task)
@@ -169,13 +170,13 @@ def _band_ylim(task: Task, quant: dict[str, np.ndarray]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def task_figure(task: Task, samples: dict[str, np.ndarray], bins: Bins, path: str | Path) -> None:
+def task_figure(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity, path: str | Path) -> None:
     """One panel per method with quantile bands, context and the truth where it is known (targets
     with an empty y get bands only)."""
     x = task.x_target[:, 0]
     known = np.isfinite(task.y_target)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
-    quant = {"i-llmp": bins.quantiles(LEVELS)} | {m: np.nanquantile(s, LEVELS, axis=0).T for m, s in samples.items()}
+    quant = {"i-llmp": bins.quantiles(LEVELS)[0]} | {m: np.nanquantile(s, LEVELS, axis=0).T for m, s in samples.items()}
     for ax, method in zip(axes, ("ndp", "i-llmp", "a-llmp", "llm-ndp")):
         _context(ax, task)
         if method not in quant:  # A-LLMP runs on the tasks of allmp.tasks only

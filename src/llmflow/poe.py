@@ -1,363 +1,86 @@
-"""The LLM expert as a score term for the flow sampler: a binned density convolved with a Gaussian.
+"""The product of experts that LLM-NDP samples: the NDP's conditional times the LLM expert.
 
-At one target the I-LLMP density is piecewise constant: bins ``[a_b, b_b)`` with probabilities
-``P_b``. Under the Gaussian approximation ``p(y1 | y_t) ≈ N(ŷ, r_t²)`` the expert's likelihood of
-``y_t`` is its convolution with ``N(0, r_t²)``, which is closed form:
+    π(y_tgt | context) ∝ p_NDP(y_tgt | context) · Π_i q_i(y_i)^{w_i},   w_i = λ · (1 − e^{−d_i²/(2 s²)}),
 
-    q̃_r(y) = Σ_b P_b / (b_b − a_b) · (Φ((b_b − y)/r) − Φ((a_b − y)/r)),
-    d/dy q̃_r(y) = Σ_b P_b / (b_b − a_b) · (φ((a_b − y)/r) − φ((b_b − y)/r)) / r.
+with q_i the expert's binned density at target i (:class:`llmflow.binned.BinnedDensity`,
+sharpened to ``q^(1/T)`` by a temperature T), λ its weight and s the fade: d_i is target i's
+distance to its nearest context point, so the expert gives way to the data near it (s = 0: no
+fade). The paper's product is λ = 1, T = 1, s = 0.
 
-Exact path: both in log space, ``log(Φ(u) − Φ(l))`` from ``log Φ`` of the tail that keeps
-precision (differences of Φ deep in a tail underflow), and the derivative as two log-sum-exps
-(the φ(a) and φ(b) parts) divided by q̃. Bins of probability 0 and padding drop out as −inf.
-It costs O(bins) transcendentals per sample and target.
-
-Fast path (:meth:`BinnedExpert.score`), a fast Gauss transform: cut the line into cells of
-width ``γ r`` (centres m_c) and expand the kernel about each centre in Hermite polynomials,
-``φ(u − s) = Σ_j s^j/j! He_j(u) φ(u)`` with ``u = (y − m_c)/r``, ``s = (x − m_c)/r``:
-
-    q̃_r(y) = (1/r) Σ_c φ(u_c) Σ_{j≤p} A_cj He_j(u_c),
-    d/dy q̃_r(y) = −(1/r²) Σ_c φ(u_c) Σ_{j≤p} A_cj He_{j+1}(u_c),
-    A_cj = (1/j!) ∫_cell f(x) s^j dx   (closed form: f is piecewise constant).
-
-Only the cells within ``K r`` of y enter, so a sample costs O((2K/γ + 1)·p) whatever the bins.
-Each sample and target carries a bound on what was left out (Cramér's ``|He_j(u)| ≤ 1.09
-√(j!) e^{u²/4}`` for the orders above p, the mass beyond K r, rounding of the cell densities);
-where it is not below ``FGT_TOLERANCE`` × q̃ (far tails, gaps, densities below float range)
-the exact path is used instead, so the score's error stays below about ``FGT_TOLERANCE ·
-(1 + |score|·r) / r`` everywhere. The cells are rebuilt per call (O(targets × bins × p)).
-No gradient of the LLM is taken: the bins are data.
-
-Bins live in the data's units; :meth:`BinnedExpert.affine` maps them into the NDP's model units
-(probabilities are unchanged, edges move with the data).
+The samplers (:func:`llmflow.sampler.sample`, :func:`llmflow.smc.sample_smc`) take one
+:class:`ExpertTerm`. They own the flow time: at time t they ask the expert for its score and
+log density convolved with ``N(0, r_t²)``, ``r_t² = posterior_var(t)`` (:mod:`llmflow.flow`),
+through the :class:`Expert` interface, and weigh it by :meth:`ExpertTerm.target_weights`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
 
-from llmflow.flow import posterior_var
+from llmflow.binned import BinnedDensity
+from llmflow.tasks import Task
 
-LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-LOST_MASS = ("renormalise", "flat")
-# (rows × targets × bins) elements evaluated at once by the expert: a few MB of temporaries.
-ROW_CHUNK_ELEMENTS = 1 << 19
-# Fast Gauss transform: Hermite order p, cell width γ (units of r), window half-width K (units
-# of r), the accepted bound on the left-out part relative to q̃, and the most cells per target
-# (smaller r: exact path).
-FGT_ORDER = 9
-FGT_CELL = 1.0
-FGT_WINDOW = 6.0
-FGT_TOLERANCE = 1e-4
-FGT_MAX_CELLS = 4096
+if TYPE_CHECKING:  # the sample stage's config; predict imports this module
+    from llmflow.predict import SampleConfig
 
 
-def log1mexp(x: Tensor) -> Tensor:
-    """``log(1 − exp(x))`` for ``x ≤ 0``, accurate near 0 and for very negative x."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+class Expert(Protocol):
+    """What a sampler needs of an expert, in model units: y (N, M) rows of tasks ``task`` (N,)
+    long, r ≥ 0 the std of the Gaussian it is convolved with (r = 0: the density itself)."""
 
-
-def log_normal_cdf_diff(lo: Tensor, hi: Tensor) -> Tensor:
-    """``log(Φ(hi) − Φ(lo))`` for ``lo ≤ hi``, using the upper tail when both are positive."""
-    flip = lo > 0
-    a = torch.where(flip, -hi, lo)
-    b = torch.where(flip, -lo, hi)
-    log_b = torch.special.log_ndtr(b)
-    return log_b + log1mexp(torch.clamp(torch.special.log_ndtr(a) - log_b, max=0.0))
-
-
-def log_normal_pdf(z: Tensor) -> Tensor:
-    return -0.5 * z**2 - LOG_SQRT_2PI
-
-
-def exact_grad_log_q(lo: Tensor, hi: Tensor, coef: Tensor, y: Tensor, r: float) -> Tensor:
-    """The exact path: ``d/dy log q̃_r(y)`` in log space; bins lo, hi, log_coef (..., B), y
-    (..., 1) broadcasting against them → (...)."""
-    z_lo, z_hi = (lo - y) / r, (hi - y) / r
-    log_q = torch.logsumexp(coef + log_normal_cdf_diff(z_lo, z_hi), dim=-1)
-    rise = torch.logsumexp(coef + log_normal_pdf(z_lo), dim=-1)
-    fall = torch.logsumexp(coef + log_normal_pdf(z_hi), dim=-1)
-    return (torch.exp(rise - log_q) - torch.exp(fall - log_q)) / r
-
-
-def hermite_to_monomial(order: int) -> Tensor:
-    """H (p+1, p+1) float64 with ``He_j(u) = Σ_i H[j, i] u^i`` (probabilists' Hermite)."""
-    h = torch.zeros(order + 1, order + 1, dtype=torch.float64)
-    h[0, 0] = 1.0
-    if order:
-        h[1, 1] = 1.0
-    for j in range(1, order):  # He_{j+1} = u He_j − j He_{j−1}
-        h[j + 1, 1:] = h[j, :-1]
-        h[j + 1] -= j * h[j - 1]
-    return h
-
-
-@dataclass(frozen=True)
-class HermiteCells:
-    """The fast-path form of an expert at one r: per target, uniform cells of width γ r.
-
-    origin (T, M): left end of the first real cell in y units (float32-exact); coef (T, M, C,
-    p+2): per cell the polynomial ``P_c(u) = Σ_j A_cj He_j(u)`` of the module docstring as
-    monomial coefficients ``u^0 … u^p``, then the cell's mass A_c0, for the expert's density
-    scaled to a maximum of 1 per target; ``2w + 1`` empty cells pad both ends (cell c starts at
-    ``origin + (c − 2w − 1)·γ r``). floor (T, M): bound on the mass beyond K r and the rounding
-    of cell densities, in the units of ``Q = Σ_c e^{−u_c²/2} P_c(u_c)`` (``q̃ = Q/(r √(2π))``).
-    """
-
-    r: float
-    origin: Tensor
-    coef: Tensor
-    floor: Tensor
-
-    @staticmethod
-    def half_window() -> int:
-        """w: cells on each side of the sample's cell that enter its sum (they cover K r)."""
-        return math.ceil(FGT_WINDOW / FGT_CELL)
-
-    @staticmethod
-    def truncation() -> float:
-        """ε with |left-out orders of Q or of its derivative| ≤ ε Σ_c A_c0 e^{−u_c²/4}: Cramér's
-        bound on the orders above p, plus float32 rounding of the monomial form."""
-        half, p = FGT_CELL / 2, FGT_ORDER
-        return 2.18 * half ** (p + 1) * math.sqrt(p + 2) / math.sqrt(math.factorial(p + 1)) + 3e-6
-
-    def score(self, y: Tensor, task: Tensor) -> tuple[Tensor, Tensor]:
-        """(d/dy log q̃_r(y), trusted), both (N, M), for y (N, M) of tasks ``task`` (N,); the
-        score is only meaningful where ``trusted``: left-out part ≤ FGT_TOLERANCE · q̃."""
-        w = self.half_window()
-        n_tgt, n_cells, width = y.shape[1], self.coef.shape[2], self.coef.shape[3]
-        offsets = torch.arange(-w, w + 1, device=y.device)  # (W,)
-        v = (y.float() - self.origin[task]) / (FGT_CELL * self.r)  # position in cells (N, M)
-        cell = torch.clamp(torch.floor(v), -w - 1, n_cells - 3 * w - 2) + (2 * w + 1)  # padded index
-        # each sample's window is one contiguous block of W cells × (p+2) coefficients
-        n_windows = self.coef.numel() // width - len(offsets) + 1
-        windows = self.coef.view(-1).as_strided((n_windows, len(offsets) * width), (width, 1))
-        first = (task[:, None] * n_tgt + torch.arange(n_tgt, device=y.device)) * n_cells + cell.long() - w
-        a = windows[first].view(*y.shape, len(offsets), width).permute(3, 0, 1, 2)  # (p+2, N, M, W)
-        u = (v - cell + 2 * w + 0.5)[..., None] * FGT_CELL - offsets * FGT_CELL  # (N, M, W)
-        poly, slope = a[width - 2], torch.zeros_like(u)  # Horner for P_c and P_c'
-        for i in range(width - 3, -1, -1):
-            slope = torch.addcmul(poly, slope, u)
-            poly = torch.addcmul(a[i], poly, u)
-        e4 = torch.exp(-0.25 * u * u)
-        e2 = e4 * e4
-        q = (e2 * poly).sum(-1)
-        # d/du [e^{−u²/2} P(u)] = −e^{−u²/2} (u P − P')
-        dq = (e2 * (u * poly - slope)).sum(-1)
-        bound = self.truncation() * (a[width - 1] * e4).sum(-1) + self.floor[task]
-        return -dq / (self.r * q), q * FGT_TOLERANCE > bound
-
-
-@dataclass(frozen=True)
-class BinnedExpert:
-    """Binned densities at the targets of T tasks, padded to M targets and B bins.
-
-    lower, upper (T, M, B): bin edges; log_prob (T, M, B): log P_b (−inf for padding and empty
-    bins), normalised over the bins of each target (mass the LLM put outside the format is
-    renormalised away or spread flat, see :meth:`from_datasets`).
-    """
-
-    lower: Tensor
-    upper: Tensor
-    log_prob: Tensor
-
-    @classmethod
-    def from_arrays(cls, lower: np.ndarray, upper: np.ndarray, log_prob: np.ndarray) -> BinnedExpert:
-        """From (T, M, B) arrays in which padding has NaN edges and/or −inf log-probability."""
-        lower, upper, log_prob = (torch.as_tensor(np.asarray(a, dtype=np.float64)) for a in (lower, upper, log_prob))
-        pad = ~(torch.isfinite(lower) & torch.isfinite(upper) & (upper > lower)) | torch.isnan(log_prob)
-        # Padding gets harmless finite edges [0, 1) and zero probability, so no NaN propagates.
-        lower = torch.where(pad, torch.zeros_like(lower), lower)
-        upper = torch.where(pad, torch.ones_like(upper), upper)
-        log_prob = torch.where(pad, torch.full_like(log_prob, -math.inf), log_prob)
-        log_prob = log_prob - torch.logsumexp(log_prob, dim=-1, keepdim=True)
-        return cls(lower, upper, log_prob)
-
-    @classmethod
-    def from_datasets(cls, datasets: Sequence[xr.Dataset], n_targets: int | None = None,
-                      lost: str = "renormalise") -> BinnedExpert:
-        """Stack the expert stage's per-task stores (variables ``lower``, ``upper``, ``logp``
-        over ``(target, bin)``, ``lost_mass (target)``) into one padded expert.
-
-        ``lost``: what the mass the LLM put outside the number format (and pruned prefixes
-        without an interval) becomes. ``renormalise``: dropped, the bins are rescaled to sum to
-        one. ``flat``: one extra bin over the hull of the target's bins carries it, so a target
-        where the LLM often leaves the format pulls the samples proportionally less.
-        """
-        if lost not in LOST_MASS:
-            raise ValueError(f"lost must be one of {LOST_MASS}, got {lost!r}")
-        m = n_targets or max(ds.sizes["target"] for ds in datasets)
-        b = max(ds.sizes["bin"] for ds in datasets) + (lost == "flat")
-        shape = (len(datasets), m, b)
-        lower, upper = np.full(shape, np.nan), np.full(shape, np.nan)
-        logp = np.full(shape, -np.inf)
-        for i, ds in enumerate(datasets):
-            t, k = ds.sizes["target"], ds.sizes["bin"]
-            lower[i, :t, :k] = ds["lower"].values
-            upper[i, :t, :k] = ds["upper"].values
-            logp[i, :t, :k] = ds["logp"].values
-            if lost == "flat":
-                lower[i, :t, -1] = np.nanmin(ds["lower"].values, axis=1)
-                upper[i, :t, -1] = np.nanmax(ds["upper"].values, axis=1)
-                with np.errstate(divide="ignore"):
-                    logp[i, :t, -1] = np.log(np.clip(ds["lost_mass"].values, 0.0, 1.0))
-        return cls.from_arrays(lower, upper, logp)
-
-    def temper(self, temperature: float) -> BinnedExpert:
-        """The expert with density ``q^(1/temperature)`` renormalised (bin by bin: densities,
-        not bin probabilities, are tempered, so coarse bins are not favoured). temperature < 1
-        sharpens the LLM's density towards its modes; 1 returns the expert unchanged."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if temperature == 1.0:
-            return self
-        log_width = torch.log(self.upper - self.lower)
-        log_prob = self.log_coef / temperature + log_width
-        return BinnedExpert(self.lower, self.upper, log_prob - torch.logsumexp(log_prob, dim=-1, keepdim=True))
-
-    def affine(self, shift: Tensor | np.ndarray | float, scale: Tensor | np.ndarray | float) -> BinnedExpert:
-        """The expert of ``(y − shift) / scale``; shift and scale are scalars or per task (T,)."""
-        shift = torch.as_tensor(shift, dtype=torch.float64).reshape(-1, 1, 1)
-        scale = torch.as_tensor(scale, dtype=torch.float64).reshape(-1, 1, 1)
-        if (scale <= 0).any():
-            raise ValueError("scale must be positive")
-        return BinnedExpert((self.lower - shift) / scale, (self.upper - shift) / scale, self.log_prob)
-
-    @property
-    def log_coef(self) -> Tensor:
-        """``log(P_b / (b_b − a_b))``: the log density inside each bin. (T, M, B)"""
-        return self.log_prob - torch.log(self.upper - self.lower)
-
-    def to(self, dtype: torch.dtype) -> BinnedExpert:
-        """The same expert computing in ``dtype`` (float32 halves the sampler's expert cost;
-        log-space evaluation keeps it finite in the tails either way)."""
-        return BinnedExpert(self.lower.to(dtype), self.upper.to(dtype), self.log_prob.to(dtype))
-
-    def _by_task(self, y: Tensor, task: Tensor, fn) -> Tensor:
-        """Apply ``fn(lo, hi, coef, y_rows (c, M, 1)) → (c, M)`` to chunks of rows of one task.
-
-        Rows of a task share its bins, so they broadcast against (M, B) instead of gathering a
-        (N, M, B) copy per call; chunks keep the (c, M, B) temporaries small enough for cache.
-        """
-        out = torch.empty(y.shape, dtype=self.lower.dtype, device=y.device)
-        coef_all = self.log_coef
-        per_chunk = max(1, ROW_CHUNK_ELEMENTS // max(1, self.lower.shape[1] * self.lower.shape[2]))
-        for k in torch.unique(task).tolist():
-            idx = torch.nonzero(task == k).squeeze(1)
-            for start in range(0, len(idx), per_chunk):
-                rows = idx[start:start + per_chunk]
-                out[rows] = fn(self.lower[k], self.upper[k], coef_all[k], y[rows].to(out.dtype).unsqueeze(-1))
-        return out
+    def score(self, y: Tensor, task: Tensor, r: float) -> Tensor:
+        """``d/dy log q̃_r(y)`` (N, M), r > 0."""
+        ...
 
     def log_density(self, y: Tensor, task: Tensor, r: float = 0.0) -> Tensor:
-        """``log q̃_r(y)`` at targets; y (N, M) rows belonging to ``task`` (N,). r = 0: the bins."""
+        """``log q̃_r(y)`` (N, M)."""
+        ...
 
-        def one(lo: Tensor, hi: Tensor, coef: Tensor, yy: Tensor) -> Tensor:
-            if r == 0.0:
-                inside = (yy >= lo) & (yy < hi)
-                return torch.logsumexp(torch.where(inside, coef, torch.full_like(coef, -math.inf)), dim=-1)
-            return torch.logsumexp(coef + log_normal_cdf_diff((lo - yy) / r, (hi - yy) / r), dim=-1)
 
-        return self._by_task(y, task, one)
+@dataclass(frozen=True)
+class ExpertTerm:
+    """An expert with its weight λ and fade s (x units of the sampler's arguments)."""
 
-    def grad_log_density(self, y: Tensor, task: Tensor, r: float) -> Tensor:
-        """Exact ``d/dy log q̃_r(y)``; y (N, M), task (N,), r > 0. Returns (N, M) in y's dtype."""
-        return self._by_task(y, task, lambda lo, hi, coef, yy: exact_grad_log_q(lo, hi, coef, yy, r)).to(y.dtype)
+    expert: Expert
+    weight: float = 1.0
+    fade: float = 0.0
 
-    @cached_property
-    def jumps(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The density as jumps at distinct edges, for the fast path (computed once, float64).
+    @classmethod
+    def from_store(cls, store: xr.Dataset | str | Path, task: Task, cfg: SampleConfig) -> ExpertTerm:
+        """The expert of ``task`` as the ``sample`` section sets it up, in data units: its store's
+        bins with the lost mass policy (``lost_mass``) and temperature (``expert_temperature``),
+        weight ``expert_weight`` and fade ``expert_fade``."""
+        density = BinnedDensity.from_store(store, task, cfg.lost_mass).temper(cfg.expert_temperature)
+        return cls(density, cfg.expert_weight, cfg.expert_fade)
 
-        Returns edges, jumps (T, M, E) with ``f(y) = Σ_{e_k ≤ y} Δ_k`` scaled to a maximum of 1
-        per target (unused slots: Δ = 0 at the first edge), and the span start, end (T, M) of
-        the bins with mass (start float32-exact; 0 for a target without mass).
-        """
-        lower, upper, log_coef = self.lower.double(), self.upper.double(), self.log_coef.double()
-        live = torch.isfinite(log_coef)
-        top = log_coef.amax(-1, keepdim=True)
-        dens = torch.exp(log_coef - torch.where(torch.isfinite(top), top, 0.0))
-        start = torch.where(live, lower, math.inf).amin(-1)
-        end = torch.where(live, upper, -math.inf).amax(-1)
-        start = torch.where(torch.isfinite(start), start, 0.0).float().double()
-        end = torch.where(torch.isfinite(end), end, start)
-        # +f at a lower edge, −f at an upper one; equal edges (adjacent bins) merge into one
-        live2 = live.repeat(1, 1, 2)
-        edges, order = torch.sort(torch.where(live2, torch.cat([lower, upper], -1), start[..., None]), -1)
-        jumps = torch.cat([dens, -dens], -1).gather(-1, order)
-        new = torch.ones_like(edges, dtype=torch.bool)
-        new[..., 1:] = edges[..., 1:] != edges[..., :-1]
-        group = torch.cumsum(new, -1) - 1
-        n = int(group.max().item()) + 1
-        merged = torch.zeros(*edges.shape[:2], n, dtype=torch.float64).scatter_add_(-1, group, jumps)
-        at = start[..., None].expand(*edges.shape[:2], n).clone().scatter_(-1, group, edges)
-        return at, merged, start, end
+    def map_y(self, shift: float, scale: float, dtype: torch.dtype = torch.float32) -> ExpertTerm:
+        """The term of ``(y − shift) / scale`` computing in ``dtype`` (float32 like the network)."""
+        return replace(self, expert=self.expert.affine(shift, scale).to(dtype))
 
-    def hermite_cells(self, r: float) -> HermiteCells | None:
-        """The expert's cells at r (module docstring), None when a target would need more than
-        ``FGT_MAX_CELLS`` cells (small r: the exact path is cheap enough there)."""
-        h, half = FGT_CELL * r, FGT_CELL / 2
-        edges, jumps, start, end = self.jumps
-        n_real = int(torch.ceil((end - start) / h).max().item()) + 1
-        if n_real > FGT_MAX_CELLS:
-            return None
-        pos = (edges - start[..., None]) * (1.0 / h)
-        cell = torch.clamp(torch.floor(pos), 0, n_real - 1)
-        s_edge = (pos - cell - 0.5) * FGT_CELL  # (e − m_c)/r ∈ [−γ/2, γ/2]
-        power = torch.arange(1, FGT_ORDER + 2, dtype=torch.float64)  # j + 1
-        inv_fact = r * torch.exp(-torch.lgamma(power + 1))  # r / (j + 1)!
-        # ∫_e^{R_c} Δ s^j dx / j! = Δ r (s_R^{j+1} − s_e^{j+1}) / (j + 1)!
-        s_pow = s_edge[..., None].expand(*s_edge.shape, FGT_ORDER + 1).cumprod(-1)
-        per_edge = (half**power * inv_fact - s_pow * inv_fact) * jumps[..., None]
-        shape = (*edges.shape[:2], n_real)
-        index = cell.long()
-        moments = torch.zeros(*shape, FGT_ORDER + 1, dtype=torch.float64)
-        moments.scatter_add_(2, index[..., None].expand_as(per_edge), per_edge)
-        step = torch.zeros(shape, dtype=torch.float64).scatter_add_(2, index, jumps)
-        left = torch.cumsum(step, -1) - step  # density at each cell's left end
-        moments += left[..., None] * ((half**power - (-half) ** power) * inv_fact)
-        coef = torch.cat([moments @ hermite_to_monomial(FGT_ORDER), moments[..., :1]], -1)
-        pad = 2 * HermiteCells.half_window() + 1
-        coef = torch.nn.functional.pad(coef, (0, 0, pad, pad))
-        # left-out mass beyond K r (in Q and its derivative) and cumulative-sum rounding of densities
-        rounding = 2.6 * r * 2.3e-16 * edges.shape[-1] * jumps.abs().sum(-1)
-        floor = moments[..., 0].sum(-1) * FGT_WINDOW * math.exp(-0.5 * FGT_WINDOW**2) + rounding
-        return HermiteCells(r, start.float(), coef.float(), floor.float())
+    def target_weights(self, x_ctx: Tensor, ctx_mask: Tensor, x_tgt: Tensor, tgt_mask: Tensor) -> Tensor:
+        """w (T, m): λ times the fade factor (:func:`fade_factor`) at valid targets, 0 at padding."""
+        return self.weight * (tgt_mask * fade_factor(x_ctx, ctx_mask, x_tgt, self.fade))
 
-    def score(self, t: float, yhat: Tensor, task: Tensor) -> Tensor:
-        """The sampler's extra score: ``d/dy log q̃_{r_t}(ŷ)`` with ``r_t² = σ_t²/(σ_t² + α_t²)``.
 
-        Matches :data:`llmflow.sampler.ExtraScore`; yhat (N, M) in model units. Fast path where
-        its bound holds, the exact log-space path for the remaining samples and targets.
-        """
-        r = math.sqrt(posterior_var(t))
-        cells = self.hermite_cells(r)
-        if cells is None:
-            return self.grad_log_density(yhat, task, r)
-        out = torch.empty(yhat.shape, dtype=torch.float32, device=yhat.device)
-        trusted = torch.empty(yhat.shape, dtype=torch.bool, device=yhat.device)
-        rows = max(1, ROW_CHUNK_ELEMENTS // (yhat.shape[1] * cells.coef.shape[-1] * (2 * cells.half_window() + 1)))
-        for start in range(0, len(yhat), rows):
-            chunk = slice(start, start + rows)
-            out[chunk], trusted[chunk] = cells.score(yhat[chunk], task[chunk])
-        row, col = torch.nonzero(~trusted, as_tuple=True)
-        if len(row):
-            out[row, col] = self.pair_grad_log_density(yhat[row, col], task[row], col, r).float()
-        return out.to(yhat.dtype)
+def fade_factor(x_ctx: Tensor, ctx_mask: Tensor, x_tgt: Tensor, scale: float) -> Tensor:
+    """``1 − exp(−d² / (2 s²))`` per target (T, m), d its distance to the nearest valid context
+    point, s = ``scale`` (both in the x units of the arguments); ones when s = 0 or a task has
+    no context.
 
-    def pair_grad_log_density(self, y: Tensor, task: Tensor, target: Tensor, r: float) -> Tensor:
-        """Exact ``d/dy log q̃_r(y)`` for single (task, target) pairs: y, task, target (K,) → (K,)."""
-        out = torch.empty(y.shape, dtype=self.lower.dtype, device=y.device)
-        chunk = max(1, ROW_CHUNK_ELEMENTS // self.lower.shape[2])
-        for s in range(0, len(y), chunk):
-            k, m = task[s:s + chunk], target[s:s + chunk]
-            out[s:s + chunk] = exact_grad_log_q(self.lower[k, m], self.upper[k, m], self.log_coef[k, m],
-                                                y[s:s + chunk, None].to(out.dtype), r)
-        return out
+    Near the context the NDP's conditional already pins y down, and an expert that is off there
+    (a sharpened LLM density's mode can be) would pull the samples away from the data; far from
+    it the expert carries the text.
+    """
+    ones = torch.ones(x_tgt.shape[:2], device=x_tgt.device)
+    if scale == 0 or x_ctx.shape[1] == 0:
+        return ones
+    dist = torch.cdist(x_tgt.float(), x_ctx.float())  # (T, m, n)
+    nearest = dist.masked_fill(~ctx_mask[:, None, :], float("inf")).amin(dim=2)
+    fade = -torch.expm1(-0.5 * (nearest / scale) ** 2)
+    return torch.where(ctx_mask.any(dim=1, keepdim=True), fade, ones)

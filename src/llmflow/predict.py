@@ -14,15 +14,18 @@ sample store.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import xarray as xr
 
+from llmflow.config import Section
 from llmflow.ndp import TrainedNDP
-from llmflow.poe import BinnedExpert
-from llmflow.sampler import sample
+from llmflow.poe import ExpertTerm
+from llmflow.sampler import SamplerConfig, sample
 from llmflow.smc import sample_smc
 from llmflow.tasks import Task
 
@@ -88,77 +91,53 @@ def check_samples(task: Task, samples: np.ndarray, method: str, frame: TaskFrame
                          "the sampler failed, nothing is written")
 
 
-def expert_from_dataset(ds: xr.Dataset, lost: str = "renormalise", temperature: float = 1.0) -> BinnedExpert:
-    """The I-LLMP bins of one task (the expert stage's store) as a one-task expert, data units.
+@dataclass(frozen=True)
+class SampleConfig(Section):
+    """``config["sample"]``: n_samples per task and method; the LLM expert's weight λ, fade s
+    (the NDP's x units), temperature and lost-mass policy (:class:`llmflow.poe.ExpertTerm`);
+    y_scale_min, the smallest y scale of a :class:`TaskFrame`."""
 
-    ``lost`` and ``temperature``: the config's ``sample.lost_mass`` and
-    ``sample.expert_temperature`` (see :meth:`BinnedExpert.from_datasets` and ``temper``).
-    """
-    return BinnedExpert.from_datasets([ds], lost=lost).temper(temperature)
+    KEY: ClassVar[str] = "sample"
+    n_samples: int = 64
+    expert_weight: float = 1.0
+    expert_fade: float = 0.0
+    expert_temperature: float = 1.0
+    lost_mass: str = "renormalise"
+    y_scale_min: float = 1.0
 
 
-def sample_task(
-    model: TrainedNDP,
-    task: Task,
-    frame: TaskFrame,
-    n_samples: int,
-    sampler: dict,
-    seed: int,
-    expert: BinnedExpert | None = None,
-    expert_weight: float = 1.0,
-    expert_fade: float = 0.0,
-) -> np.ndarray:
-    """Joint samples (S, m) at the task's targets in data units; with ``expert``: LLM-NDP.
+def sample_task(model: TrainedNDP, task: Task, frame: TaskFrame, n_samples: int, sampler: SamplerConfig,
+                seed: int, expert: ExpertTerm | None = None) -> np.ndarray:
+    """Joint samples (S, m) at the task's targets in data units; with ``expert`` (data units):
+    LLM-NDP, drawn by the ODE or, with ``sampler.method: smc``, by :func:`llmflow.smc.sample_smc`.
 
     Raises ValueError (:func:`check_samples`) where a draw is not finite or absurdly far out.
-
-    ``sampler`` is the config's ``sampler`` section (solver, steps, t0, noise_std in the task
-    frame's y units, jacobian; ``method: smc`` draws LLM-NDP by :func:`llmflow.smc.sample_smc`).
-    The same seed gives the same start noise for both methods, so their difference is the
-    expert's effect alone. ``expert_fade``: the config's ``sample.expert_fade``, in the NDP's x
-    units (the task frame), see :func:`llmflow.sampler.sample`.
+    ``sampler.noise_std`` is in the task frame's y units. The same seed gives the same start
+    noise for both methods, so their difference is the expert's effect alone. The expert's fade
+    is in the NDP's x units (the task frame).
     """
     data = (frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None], n_samples)
-    common = dict(steps=sampler["steps"], t0=sampler["t0"], noise_std=sampler["noise_std"], jacobian=sampler["jacobian"],
-                  expert_weight=expert_weight, expert_fade=expert_fade, generator=torch.Generator().manual_seed(seed))
+    common = dict(steps=sampler.steps, t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
+                  generator=torch.Generator().manual_seed(seed))
     if expert is None:
-        out = sample(model, *data, solver=sampler["solver"], **common).y_tgt[0]
+        out = sample(model, *data, solver=sampler.solver, **common).y_tgt[0]
     else:
         # data units → task frame → the network's own normalisation; float32 like the network
-        framed = expert.affine(frame.y_shift, frame.y_scale).affine(model.norm.loc, model.norm.scale).to(torch.float32)
-        if sampler["method"] == "smc":
-            out = sample_smc(model, *data, expert=framed, **common, **sampler["smc"]).y_tgt[0]
+        framed = expert.map_y(frame.y_shift, frame.y_scale, torch.float64).map_y(model.norm.loc, model.norm.scale)
+        if sampler.method == "smc":
+            out = sample_smc(model, *data, expert=framed, **common, **dataclasses.asdict(sampler.smc)).y_tgt[0]
         else:
-            out = sample(model, *data, solver=sampler["solver"], extra_score=framed.score, **common).y_tgt[0]
+            out = sample(model, *data, solver=sampler.solver, expert=framed, **common).y_tgt[0]
     draws = frame.y_back(out)
     check_samples(task, draws, "ndp" if expert is None else "llm-ndp", frame)
     return draws
 
 
-def sample_llm_ndp(
-    model: TrainedNDP,
-    task: Task,
-    frame: TaskFrame,
-    expert_store: xr.Dataset,
-    n_samples: int,
-    sample_section: dict,
-    sampler: dict,
-    seed: int,
-) -> np.ndarray:
-    """LLM-NDP samples (S, m) in data units, the expert set up as the config's ``sample``
-    section says: the expert stage's store with its lost mass and temperature
-    (:func:`expert_from_dataset`), weighted by ``expert_weight`` and faded near the context by
-    ``expert_fade`` (:func:`sample_task`)."""
-    expert = expert_from_dataset(expert_store, sample_section["lost_mass"], sample_section["expert_temperature"])
-    return sample_task(model, task, frame, n_samples, sampler, seed, expert=expert,
-                       expert_weight=sample_section["expert_weight"], expert_fade=sample_section["expert_fade"])
-
-
-def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: dict, seed: int) -> np.ndarray:
+def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: SamplerConfig, seed: int) -> np.ndarray:
     """Prior draws (S, m) of the NDP at x (m, D) in the model's frame (no context)."""
     out = sample(
-        model, None, None, x[None], n_samples, solver=sampler["solver"], steps=sampler["steps"],
-        t0=sampler["t0"], noise_std=sampler["noise_std"], jacobian=sampler["jacobian"],
+        model, None, None, x[None], n_samples, solver=sampler.solver, steps=sampler.steps,
+        t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
         generator=torch.Generator().manual_seed(seed),
     )
     return out.y_tgt[0]

@@ -10,10 +10,12 @@ with ``J = ∂ŷ/∂y_t`` either exact (one vector-Jacobian product through the 
 velocity evaluation, ``jacobian="exact"``) or ``J ≈ c_t I`` (``jacobian="free"``, no backward
 pass). Extra experts add their measurement gradient at the targets through the same Jacobian,
 
-    v = v_ctx + λ · 1_tgt ⊙ extra_score(t, ŷ_tgt, task),
+    v = v_ctx + w ⊙ 1_tgt ⊙ ∂/∂ŷ log q̃_{r_t}(ŷ_tgt),
     u_guided = u + ((1 − t) / t) · Jᵀ v,
 
 which is the score-to-velocity map ``u = (y + (1 − t) s)/t`` applied to the corrected score.
+The expert enters as a :class:`llmflow.poe.ExpertTerm`: its score at ``r_t = √posterior_var(t)``
+(the sampler owns t and r_t) weighted per target by ``w = λ·fade``.
 With ``jacobian="free"`` this is exactly the paper's ``g_exp,i = J_ii · d/dy log q̃(ŷ_i)`` with
 ``J_ii = c_t``; with ``"exact"`` the same gradient is pulled back through the full Jacobian.
 
@@ -28,27 +30,50 @@ extra score is called with model-unit ŷ and must return a gradient in model uni
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from llmflow.config import Section
 from llmflow.flow import denoised, jacobian_scale, posterior_var
 from llmflow.ndp import TrainedNDP
-
-ExtraScore = Callable[[float, Tensor, Tensor], Tensor]
-"""``(t, ŷ_tgt (B, m), task (B,) long) → ∂/∂ŷ log q̃_{r_t}(ŷ) (B, m)``, model units.
-
-``task[b]`` is the index (into the tasks given to :func:`sample`) that row b belongs to; the
-width ``r_t² = llmflow.flow.posterior_var(t)`` of the Gaussian the expert is convolved with is
-a function of t alone.
-"""
+from llmflow.poe import Expert, ExpertTerm
 
 SOLVERS = ("euler", "heun")
 JACOBIANS = ("exact", "free")
+
+
+@dataclass(frozen=True)
+class SMCConfig(Section):
+    """``config["sampler"]["smc"]``: see :func:`llmflow.smc.sample_smc`."""
+
+    KEY: ClassVar[str] = "sampler.smc"
+    churn: float = 1.0
+    ess_threshold: float = 0.5
+    r_min: float = 0.01
+
+
+@dataclass(frozen=True)
+class SamplerConfig(Section):
+    """``config["sampler"]``: solver (euler | heun), steps, t0, noise_std (context observation
+    noise std, data units), jacobian (exact | free), batch_size (task×sample rows integrated at
+    once) of :func:`sample`; method (ode | smc) and smc: how LLM-NDP is drawn
+    (:func:`llmflow.predict.sample_task`)."""
+
+    KEY: ClassVar[str] = "sampler"
+    solver: str = "euler"
+    steps: int = 25
+    t0: float = 1e-3
+    noise_std: float = 0.05
+    jacobian: str = "free"
+    batch_size: int = 4096
+    method: str = "ode"
+    smc: SMCConfig = field(default_factory=SMCConfig)
 
 
 @dataclass(frozen=True)
@@ -70,8 +95,9 @@ class GuidedProblem:
 
     x (T, n+m, D), mask (T, n+m) valid points, z (T, n+m) context observations in model units
     (0 at targets), is_ctx (T, n+m) float indicator of valid context points, noise_var (T,)
-    context noise variance in model units, n the number of context slots, expert_weight
-    (T, n+m) the expert score's weight per point (λ times the fade at valid targets, else 0).
+    context noise variance in model units, n the number of context slots, expert the LLM
+    expert in model units (None: context only), expert_weight (T, n+m) its weight per point
+    (:meth:`llmflow.poe.ExpertTerm.target_weights` at targets, 0 at the context).
     """
 
     x: Tensor
@@ -80,7 +106,7 @@ class GuidedProblem:
     is_ctx: Tensor
     noise_var: Tensor
     n: int
-    extra_score: ExtraScore | None
+    expert: Expert | None
     expert_weight: Tensor
     jacobian: str
 
@@ -94,10 +120,8 @@ class GuidedProblem:
         ctx_mask: np.ndarray | Tensor | None,
         tgt_mask: np.ndarray | Tensor | None,
         noise_std: float | np.ndarray,
-        extra_score: ExtraScore | None,
-        expert_weight: float,
+        expert: ExpertTerm | None,
         jacobian: str,
-        expert_fade: float = 0.0,
     ) -> GuidedProblem:
         """From the arguments of :func:`sample` (data units) to the model's units."""
         dev = model.device
@@ -110,7 +134,7 @@ class GuidedProblem:
         ctx_mask = torch.ones(n_tasks, n, dtype=torch.bool, device=dev) if ctx_mask is None else _as_tensor(ctx_mask, dev, torch.bool)
         tgt_mask = torch.ones(n_tasks, m, dtype=torch.bool, device=dev) if tgt_mask is None else _as_tensor(tgt_mask, dev, torch.bool)
         noise = _as_tensor(np.broadcast_to(np.asarray(noise_std, dtype=float), (n_tasks,)), dev)
-        fade = expert_fade_factor(x_ctx, ctx_mask, x_tgt, expert_fade)
+        term = expert if expert is not None else ExpertTerm(expert=None, weight=0.0)
         return cls(
             x=torch.cat([x_ctx, x_tgt], dim=1),
             mask=torch.cat([ctx_mask, tgt_mask], dim=1),
@@ -118,8 +142,9 @@ class GuidedProblem:
             is_ctx=torch.cat([ctx_mask, torch.zeros_like(tgt_mask)], dim=1).float(),
             noise_var=(noise / model.norm.scale) ** 2,
             n=n,
-            extra_score=extra_score,
-            expert_weight=expert_weight * torch.cat([torch.zeros_like(ctx_mask, dtype=torch.float32), tgt_mask * fade], dim=1),
+            expert=term.expert,
+            expert_weight=torch.cat([torch.zeros_like(ctx_mask, dtype=torch.float32),
+                                     term.target_weights(x_ctx, ctx_mask, x_tgt, tgt_mask)], dim=1),
             jacobian=jacobian,
         )
 
@@ -135,29 +160,11 @@ class GuidedProblem:
             u = model.net(self.x[task], y_in, torch.full((len(y),), t, device=y.device), self.mask[task]).float()
             yhat = denoised(y_in, u, t)
             v = self.is_ctx[task] * (self.z[task] - yhat.detach()) / (self.noise_var[task, None] + posterior_var(t))
-            if self.extra_score is not None:
-                g_tgt = self.extra_score(t, yhat.detach()[:, self.n:], task)
+            if self.expert is not None:
+                g_tgt = self.expert.score(yhat.detach()[:, self.n:], task, math.sqrt(posterior_var(t)))
                 v = v + self.expert_weight[task] * torch.cat([torch.zeros_like(v[:, : self.n]), g_tgt], dim=1)
             g = torch.autograd.grad(yhat, y_in, grad_outputs=v)[0] if exact else jacobian_scale(t) * v
         return u.detach(), yhat.detach(), g.detach()
-
-
-def expert_fade_factor(x_ctx: Tensor, ctx_mask: Tensor, x_tgt: Tensor, scale: float) -> Tensor:
-    """``1 − exp(−d² / (2 s²))`` per target (T, m), d its distance to the nearest valid context
-    point, s = ``scale`` (both in the x units of the arguments); ones when s = 0 or a task has
-    no context.
-
-    Near the context the NDP's conditional already pins y down, and an expert that is off there
-    (a sharpened LLM density's mode can be) would pull the samples away from the data; far from
-    it the expert carries the text.
-    """
-    ones = torch.ones(x_tgt.shape[:2], device=x_tgt.device)
-    if scale == 0 or x_ctx.shape[1] == 0:
-        return ones
-    dist = torch.cdist(x_tgt.float(), x_ctx.float())  # (T, m, n)
-    nearest = dist.masked_fill(~ctx_mask[:, None, :], float("inf")).amin(dim=2)
-    fade = -torch.expm1(-0.5 * (nearest / scale) ** 2)
-    return torch.where(ctx_mask.any(dim=1, keepdim=True), fade, ones)
 
 
 def _as_tensor(a: np.ndarray | Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -173,16 +180,14 @@ def sample(
     *,
     ctx_mask: np.ndarray | Tensor | None = None,
     tgt_mask: np.ndarray | Tensor | None = None,
-    solver: str = "euler",
-    steps: int = 50,
-    t0: float = 1e-3,
-    noise_std: float | np.ndarray = 0.05,
-    jacobian: str = "free",
-    extra_score: ExtraScore | None = None,
-    expert_weight: float = 1.0,
-    expert_fade: float = 0.0,
+    solver: str = SamplerConfig.solver,
+    steps: int = SamplerConfig.steps,
+    t0: float = SamplerConfig.t0,
+    noise_std: float | np.ndarray = SamplerConfig.noise_std,
+    jacobian: str = SamplerConfig.jacobian,
+    expert: ExpertTerm | None = None,
     generator: torch.Generator | None = None,
-    batch_size: int = 4096,
+    batch_size: int = SamplerConfig.batch_size,
     progress: bool = False,
 ) -> Samples:
     """Draw ``n_samples`` joint samples per task from the NDP conditioned on its context.
@@ -192,9 +197,8 @@ def sample(
     different sizes are padded to one array (None = all valid). noise_std: the context
     observation noise std in data units, one for all tasks or one per task (T,). generator: a
     CPU ``torch.Generator`` for the start noise (results do not depend on ``batch_size``, the
-    number of task×sample rows integrated at once). expert_weight λ scales ``extra_score`` at
-    every target; expert_fade s > 0 (x units of the arguments) lowers it near the context to
-    ``λ·(1 − exp(−d²/(2 s²)))``, d the target's distance to its nearest context point. Cost:
+    number of task×sample rows integrated at once). expert: the LLM expert (model units) with
+    its weight λ and fade s (x units of the arguments), see :mod:`llmflow.poe`. Cost:
     ``steps`` (Euler) or ``2·steps − 1`` (Heun) network evaluations per row, each with a
     backward pass when ``jacobian="exact"``.
     """
@@ -203,11 +207,10 @@ def sample(
     if not 0.0 < t0 < 1.0:
         raise ValueError(f"t0 must lie in (0, 1), got {t0}")
     dev = model.device
-    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, ctx_mask, tgt_mask, noise_std, extra_score, expert_weight,
-                                  jacobian, expert_fade)
+    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, ctx_mask, tgt_mask, noise_std, expert, jacobian)
     n_tasks, n, m = problem.x.shape[0], problem.n, problem.x.shape[1] - problem.n
     x_all, mask_all = problem.x, problem.mask
-    guided = n > 0 or extra_score is not None
+    guided = n > 0 or expert is not None
 
     grid = np.linspace(t0, 1.0, steps + 1)
     start_std = float(np.sqrt((1.0 - t0) ** 2 + t0**2))
@@ -239,22 +242,3 @@ def sample(
     bar.close()
     y_data = model.norm.to_data(out).reshape(n_tasks, n_samples, n + m).double().numpy()
     return Samples(y_tgt=y_data[:, :, n:], y_ctx=y_data[:, :, :n])
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """``config["sampler"]``: solver (euler | heun), steps, t0, noise_std (context observation noise
-    std, data units), jacobian (exact | free), batch_size (task×sample rows integrated at once)."""
-
-    solver: str = "euler"
-    steps: int = 25
-    t0: float = 1e-3
-    noise_std: float = 0.05
-    jacobian: str = "free"
-    batch_size: int = 4096
-
-    @classmethod
-    def from_config(cls, section: dict) -> SamplerConfig:
-        """The ODE settings of ``config["sampler"]``; ``method``/``smc`` only choose how LLM-NDP
-        is drawn (:mod:`llmflow.predict`), so they are not part of it."""
-        return cls(**{f.name: section[f.name] for f in fields(cls) if f.name in section})

@@ -22,7 +22,7 @@ grows, with the guided dynamics as proposal and the guidance's own target as twi
   output is equally weighted.
 
 Units as in :mod:`llmflow.sampler`: data units in and out, model units inside; the expert is a
-:class:`llmflow.poe.BinnedExpert` in model units.
+:class:`llmflow.poe.ExpertTerm` in model units, weighted per target like the ODE's.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from llmflow.flow import posterior_var, score_from_velocity
 from llmflow.ndp import TrainedNDP
-from llmflow.poe import BinnedExpert
-from llmflow.sampler import JACOBIANS, GuidedProblem, Samples
+from llmflow.poe import ExpertTerm
+from llmflow.sampler import JACOBIANS, GuidedProblem, Samples, SamplerConfig, SMCConfig
 
 
 @dataclass(frozen=True)
@@ -71,23 +71,21 @@ def sample_smc(
     x_tgt: np.ndarray | Tensor,
     n_samples: int,
     *,
-    expert: BinnedExpert | None = None,
-    expert_weight: float = 1.0,
-    expert_fade: float = 0.0,
-    steps: int = 50,
-    t0: float = 1e-3,
-    noise_std: float | np.ndarray = 0.05,
-    jacobian: str = "free",
-    churn: float = 1.0,
-    ess_threshold: float = 0.5,
-    r_min: float = 0.01,
+    expert: ExpertTerm | None = None,
+    steps: int = SamplerConfig.steps,
+    t0: float = SamplerConfig.t0,
+    noise_std: float | np.ndarray = SamplerConfig.noise_std,
+    jacobian: str = SamplerConfig.jacobian,
+    churn: float = SMCConfig.churn,
+    ess_threshold: float = SMCConfig.ess_threshold,
+    r_min: float = SMCConfig.r_min,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> SMCSamples:
     """``n_samples`` equally weighted particles per task from the product π (see the module).
 
     Arguments as :func:`llmflow.sampler.sample` (all T·S rows are integrated at once, Euler–
-    Maruyama on ``steps`` uniform steps); ``expert``: the binned expert in model units (None:
+    Maruyama on ``steps`` uniform steps); ``expert``: the expert term in model units (None:
     context only); ``churn`` η > 0 scales the SDE's noise; ``r_min`` (model units) the width the
     expert is convolved with at t = 1. Context noise must be positive (the potential at t = 1 is
     the context likelihood itself).
@@ -98,9 +96,7 @@ def sample_smc(
         raise ValueError("smc needs churn > 0, 0 < ess_threshold <= 1 and r_min > 0")
     if np.any(np.asarray(noise_std) <= 0):
         raise ValueError("smc needs a positive context noise_std")
-    score = expert.score if expert is not None else None
-    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, None, None, noise_std, score, expert_weight, jacobian,
-                                  expert_fade)
+    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, None, None, noise_std, expert, jacobian)
     n_tasks, n = problem.x.shape[0], problem.n
     dev = model.device
     task = torch.arange(n_tasks, device=dev).repeat_interleave(n_samples)
@@ -111,10 +107,10 @@ def sample_smc(
         var = problem.noise_var[task, None] + posterior_var(t)
         ctx = -0.5 * ((problem.z[task] - yhat) ** 2 / var + torch.log(2 * math.pi * var))
         out = (problem.is_ctx[task] * ctx).sum(1)
-        if expert is not None:
+        if problem.expert is not None:
             r = max(math.sqrt(posterior_var(t)), r_min)
             weight = problem.expert_weight[task, n:]
-            out = out + (weight * expert.log_density(yhat[:, n:], task, r)).to(out.dtype).sum(1)
+            out = out + (weight * problem.expert.log_density(yhat[:, n:], task, r)).to(out.dtype).sum(1)
         return out.double()
 
     grid = np.linspace(t0, 1.0, steps + 1)

@@ -4,7 +4,8 @@ built-in tasks (a user task's come from its rule `user_<name>`)."""
 import pandas as pd
 import xarray as xr
 
-from llmflow.evaluate import bins_from_dataset, summary_markdown, task_rows, write_predictions
+from llmflow.binned import BinnedDensity
+from llmflow.evaluate import summary_markdown, task_rows, write_predictions
 from llmflow.io import write_file
 from llmflow.logs import log_errors
 from llmflow.tasks import Task
@@ -14,7 +15,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     for i, name in enumerate(snakemake.params.tasks):
         task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
         samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in snakemake.params.methods[name]}
-        bins = bins_from_dataset(xr.open_zarr(snakemake.input.experts[i]))
+        bins = BinnedDensity.from_store(snakemake.input.experts[i], task)
         rows += task_rows(task, samples, bins)
         if name in snakemake.params.export:
             write_predictions(task, samples, bins, f"results/predictions/{name}")

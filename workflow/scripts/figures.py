@@ -5,10 +5,11 @@ import pandas as pd
 import xarray as xr
 
 from llmflow import plots
-from llmflow.evaluate import bins_from_dataset
+from llmflow.binned import BinnedDensity
 from llmflow.logs import log_errors
 from llmflow.ndp import TrainedNDP
 from llmflow.predict import unconditional_samples
+from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
@@ -18,14 +19,14 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
         i = p.tasks.index(name)
         task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
         samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in snakemake.params.methods[name]}
-        return task, samples, bins_from_dataset(xr.open_zarr(snakemake.input.experts[i]))
+        return task, samples, BinnedDensity.from_store(snakemake.input.experts[i], task)
 
     if p.figure_task not in p.tasks:
         raise ValueError(f"figures.task: {p.figure_task!r} is not one of the configured tasks")
     task, samples, bins = load(p.figure_task)
     model = TrainedNDP.load(snakemake.input.model)
     x_prior = np.linspace(*p.x_range, 64)[:, None]
-    prior = unconditional_samples(model, x_prior, 12, p.sampler, p.seed)
+    prior = unconditional_samples(model, x_prior, 12, SamplerConfig.from_config(p.sampler), p.seed)
     plots.figure1(task, samples, bins, x_prior, prior, snakemake.output.fig1)
     plots.figure2(task, samples, bins, snakemake.output.fig2)
     plots.calibration(pd.read_csv(snakemake.input.summary), snakemake.output.calibration)

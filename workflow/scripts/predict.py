@@ -3,14 +3,15 @@
 import xarray as xr
 
 from llmflow import plots
-from llmflow.evaluate import bins_from_dataset, write_predictions
+from llmflow.binned import BinnedDensity
+from llmflow.evaluate import write_predictions
 from llmflow.logs import log_errors
 from llmflow.tasks import Task
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
     task = Task.from_dataset(xr.open_zarr(snakemake.input.task))
     samples = {m: xr.open_zarr(path)["y"].values for m, path in zip(snakemake.params.methods, snakemake.input.samples)}
-    bins = bins_from_dataset(xr.open_zarr(snakemake.input.expert))
+    bins = BinnedDensity.from_store(snakemake.input.expert, task)
     write_predictions(task, samples, bins, snakemake.params.folder)
     plots.task_figure(task, samples, bins, snakemake.output.figure)
     log.info("wrote %d predictions CSVs and %s for %s (%d targets)", len(snakemake.output.predictions),

@@ -21,10 +21,10 @@ from llmflow.expert.task import (ExpertConfig, TaskPrompts, affine_for, auto_aff
                                  fingerprint, llm_numbers, run_cached, target_bins, task_expert,
                                  task_prompts)
 from llmflow.expert.tokens import NumberTokens, continuation_ids, number_tokens
-from llmflow.expert.trie import Bins, binned_distribution
+from llmflow.expert.trie import TrieResult, binned_distribution
 
 __all__ = [
-    "Bins", "DIGITS", "ExpertConfig", "NumberTokens", "PromptStyle", "STYLES", "TERM", "TaskPrompts",
+    "DIGITS", "ExpertConfig", "NumberTokens", "PromptStyle", "STYLES", "TERM", "TaskPrompts", "TrieResult",
     "TokenTree", "UNITS", "affine_for", "allowed_units", "auto_affine", "binned_distribution",
     "build_prompt", "chat_wrapper", "target_bins", "task_prompts",
     "check_context", "continuation_ids", "default_int_digits", "fingerprint", "format_number",

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from llmflow.binned import store_dataset
 from llmflow.expert.numbers import format_number, to_llm_units
 from llmflow.expert.prompt import (PromptStyle, build_prompt, chat_wrapper, check_context,
                                    prepare_text, prompt_style)
-from llmflow.expert.trie import Bins, binned_distribution
+from llmflow.expert.trie import TrieResult, binned_distribution
 from llmflow.io import write_zarr
 
 
@@ -177,7 +178,7 @@ def task_prompts(tokenizer, task: xr.Dataset, cfg: ExpertConfig) -> TaskPrompts:
     return TaskPrompts(style, prompts, truths, scale, shift, max_int)
 
 
-def target_bins(model, tokenizer, tp: TaskPrompts, j: int, cfg: ExpertConfig) -> Bins:
+def target_bins(model, tokenizer, tp: TaskPrompts, j: int, cfg: ExpertConfig) -> TrieResult:
     """The trie's bins of target j of ``tp`` (LLM units), with its truth's string scored."""
     style = tp.style
     return binned_distribution(
@@ -239,25 +240,17 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
         "max_int_digits": tp.max_int_digits, "scale": scale, "shift": shift,
         "prompt_example": tp.prompts[0] if tp.prompts else "",
     }
-    return xr.Dataset(
-        {
-            "x_target": (("target", "x_dim"), x_t),
-            "y_target": (("target",), y_t),
-            "lower": (("target", "bin"), lower),
-            "upper": (("target", "bin"), upper),
-            "logp": (("target", "bin"), logp),
-            "complete": (("target", "bin"), complete),
-            "lost_pruned": (("target",), np.array([b.lost_pruned for b in results])),
-            "lost_invalid": (("target",), np.array([b.lost_invalid for b in results])),
-            "lost_mass": (("target",), np.array([b.lost_mass for b in results])),
-            "mass_coarse": (("target",), coarse),
-            "mass_union": (("target",), np.array([b.mass_union for b in results])),
-            "nll_target": (("target",), nll),
-            "n_positions": (("target",), np.array([b.n_positions for b in results], dtype=np.int64)),
-            "n_expanded": (("target",), np.array([b.n_expanded for b in results], dtype=np.int64)),
-        },
-        attrs=attrs,
-    )
+    per_target = {
+        "lost_pruned": np.array([b.lost_pruned for b in results]),
+        "lost_invalid": np.array([b.lost_invalid for b in results]),
+        "lost_mass": np.array([b.lost_mass for b in results]),
+        "mass_coarse": coarse,
+        "mass_union": np.array([b.mass_union for b in results]),
+        "nll_target": nll,
+        "n_positions": np.array([b.n_positions for b in results], dtype=np.int64),
+        "n_expanded": np.array([b.n_expanded for b in results], dtype=np.int64),
+    }
+    return store_dataset(x_t, y_t, lower, upper, logp, complete, per_target, attrs)
 
 
 # Raised whenever the code changes what a cached result holds for the same task and settings

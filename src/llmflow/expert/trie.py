@@ -40,8 +40,9 @@ from llmflow.expert.tokens import number_tokens
 
 
 @dataclass
-class Bins:
-    """Binned distribution of one number, in the LLM's units.
+class TrieResult:
+    """What the trie found for one number, in the LLM's units: its bins (the expert stage turns
+    them into a :class:`llmflow.binned.BinnedDensity` store) with their strings and diagnostics.
 
     Arrays have shape (n_bins,), sorted by ``lower``. ``strings``: the number strings (coarse
     bins end mid-number, e.g. ``19.``); ``logp``: natural-log probability, including the lead
@@ -67,14 +68,6 @@ class Bins:
     @property
     def lost_mass(self) -> float:
         return self.lost_pruned + self.lost_invalid
-
-    def log_density(self, y: np.ndarray) -> np.ndarray:
-        """log q(y) = log(sum of P_b / width_b over bins holding y); -inf outside every bin."""
-        y = np.asarray(y, dtype=float)
-        inside = (y[..., None] >= self.lower) & (y[..., None] < self.upper)
-        dens = np.where(inside, np.exp(self.logp) / (self.upper - self.lower), 0.0).sum(-1)
-        with np.errstate(divide="ignore"):
-            return np.log(dens)
 
     @property
     def widths(self) -> np.ndarray:
@@ -108,7 +101,7 @@ def binned_distribution(
     rounding: str = "truncate",
     batch_size: int = 64,
     truth: str | None = None,
-) -> Bins:
+) -> TrieResult:
     """Binned distribution of the number the LLM writes after ``prompt`` (see the module).
 
     ``model``/``tokenizer``: a loaded Hugging Face causal LM (eval mode) and its tokenizer,
@@ -128,7 +121,7 @@ def binned_distribution(
     terminator) whose exact log-probability is returned as ``truth_logp`` (its prefixes are
     scored without changing the bins).
 
-    Returns ``Bins`` (edges in the prompt's number units, see ``prefix_intervals``), sorted by
+    Returns ``TrieResult`` (edges in the prompt's number units, see ``prefix_intervals``), sorted by
     edge, with ``exp(logp).sum() + lost_pruned + lost_invalid == 1``.
     """
     if decimals < 0:
@@ -224,7 +217,7 @@ def binned_distribution(
             strings.append(s), lower.append(lo), upper.append(hi)
             logps.append(lp - math.log(len(pieces))), complete.append(done)
     order = np.argsort(np.asarray(lower, dtype=float), kind="stable")
-    return Bins(
+    return TrieResult(
         strings=[strings[i] for i in order],
         lower=np.asarray(lower, dtype=float)[order],
         upper=np.asarray(upper, dtype=float)[order],
