@@ -38,7 +38,7 @@ def main() -> None:
     model = TrainedNDP.load(args.model, resolve_device(args.device or config["device"]))
     table = run_gp_oracle(
         model,
-        OracleConfig(**config["bench"]["gp_oracle"]),
+        OracleConfig.from_config(config["bench"]["gp_oracle"]),
         SamplerConfig.from_config(config["sampler"]),
         mixture_shards=args.mixture,
         seed=int(config["seed"]),

@@ -25,17 +25,18 @@ import yaml
 
 from llmflow.config import validate_config
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
-from llmflow.poe import BinnedExpert
+from llmflow.binned import BinnedDensity
+from llmflow.poe import ExpertTerm
 from llmflow.sampler import sample
 
 
-def synthetic_bins(n_tasks: int, m: int, n_bins: int, rng: np.random.Generator) -> BinnedExpert:
+def synthetic_bins(n_tasks: int, m: int, n_bins: int, rng: np.random.Generator) -> BinnedDensity:
     """Bins of width 0.01 around a random centre per target, with random log-probabilities."""
     centre = rng.normal(size=(n_tasks, m, 1))
     lower = centre + 0.01 * (np.arange(n_bins) - n_bins // 2)
     logits = rng.normal(size=(n_tasks, m, n_bins))
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return BinnedExpert.from_arrays(lower, lower + 0.01, logp)
+    return BinnedDensity.from_arrays(lower, lower + 0.01, logp)
 
 
 def main() -> None:
@@ -64,12 +65,12 @@ def main() -> None:
         model = TrainedNDP(net, YNormalisation())
     if args.expert:
         store = xr.open_zarr(args.expert).load()
-        expert = BinnedExpert.from_datasets([store] * args.tasks, lost=config["sample"]["lost_mass"])
+        expert = BinnedDensity.stack([BinnedDensity.from_store(store, lost=config["sample"]["lost_mass"])] * args.tasks)
         args.targets = store.sizes["target"]
     else:
         expert = synthetic_bins(args.tasks, args.targets, args.bins, rng)
-    # as the sample stage runs it (predict.expert_from_dataset, then float32)
-    expert = expert.temper(config["sample"]["expert_temperature"]).to(torch.float32)
+    # as the sample stage runs it (poe.ExpertTerm.from_store, then float32)
+    term = ExpertTerm(expert.temper(config["sample"]["expert_temperature"]).to(torch.float32))
 
     x_ctx = rng.uniform(-2, 2, (args.tasks, args.context, 1))
     y_ctx = np.sin(3 * x_ctx[..., 0])
@@ -79,7 +80,7 @@ def main() -> None:
 
     def run(with_expert: bool) -> float:
         start = time.perf_counter()
-        sample(model, x_ctx, y_ctx, x_tgt, args.samples, extra_score=expert.score if with_expert else None,
+        sample(model, x_ctx, y_ctx, x_tgt, args.samples, expert=term if with_expert else None,
                generator=torch.Generator().manual_seed(0), **common)
         return time.perf_counter() - start
 

@@ -27,7 +27,9 @@ import yaml
 from llmflow.config import validate_config
 from llmflow.metrics import sample_metrics
 from llmflow.ndp import TrainedNDP
-from llmflow.predict import TaskFrame, sample_llm_ndp, sample_task
+from llmflow.poe import ExpertTerm
+from llmflow.predict import SampleConfig, TaskFrame, sample_task
+from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, task_names, task_seed
 
 FIG2 = "text-zero_after_30"
@@ -44,16 +46,17 @@ METRICS = ("crps", "coverage90", "constraint")
 
 
 def run_setting(ndp: TrainedNDP, tasks: list[Task], experts: dict[str, xr.Dataset], config: dict,
-                sample_cfg: dict, n_samples: int, with_ndp: bool) -> list[dict]:
+                sample_cfg: SampleConfig, n_samples: int, with_ndp: bool) -> list[dict]:
     """Metric rows (task, family, method, metric, value) of LLM-NDP (and NDP) on every task."""
     rows = []
+    sampler = SamplerConfig.from_config(config["sampler"])
     for task in tasks:
-        frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), sample_cfg["y_scale_min"])
+        frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), sample_cfg.y_scale_min)
         seed = task_seed(config["seed"], task.name)
-        draws = {"llm-ndp": sample_llm_ndp(ndp, task, frame, experts[task.name], n_samples, sample_cfg,
-                                           config["sampler"], seed)}
+        expert = ExpertTerm.from_store(experts[task.name], task, sample_cfg)
+        draws = {"llm-ndp": sample_task(ndp, task, frame, n_samples, sampler, seed, expert)}
         if with_ndp:
-            draws["ndp"] = sample_task(ndp, task, frame, n_samples, config["sampler"], seed)
+            draws["ndp"] = sample_task(ndp, task, frame, n_samples, sampler, seed)
         for method, samples in draws.items():
             rows += [{"task": task.name, "family": task.family, "method": method, "metric": k, "value": v}
                      for k, v in sample_metrics(task, samples).items() if k in METRICS]
@@ -97,7 +100,7 @@ def main() -> None:
     n_samples = args.n_samples or config["sample"]["n_samples"]
     frames = []
     for i, name in enumerate(args.settings):
-        sample_cfg = {**config["sample"], "expert_fade": 0.0, **SETTINGS[name]}
+        sample_cfg = SampleConfig.from_config({**config["sample"], "expert_fade": 0.0, **SETTINGS[name]})
         rows = pd.DataFrame(run_setting(ndp, tasks, experts, config, sample_cfg, n_samples, with_ndp=i == 0))
         rows["setting"] = np.where(rows.method == "ndp", "NDP alone", name)
         frames.append(rows)

@@ -25,7 +25,9 @@ import yaml
 from llmflow.config import validate_config
 from llmflow.metrics import sample_metrics
 from llmflow.ndp import TrainedNDP
-from llmflow.predict import TaskFrame, sample_llm_ndp
+from llmflow.poe import ExpertTerm
+from llmflow.predict import SampleConfig, TaskFrame, sample_task
+from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, task_seed
 
 
@@ -49,12 +51,11 @@ def main() -> None:
             continue
         task = Task.from_dataset(xr.open_zarr(task_path))
         frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), config["sample"]["y_scale_min"])
-        store_ds = xr.open_zarr(store).load()
+        expert = ExpertTerm.from_store(xr.open_zarr(store).load(), task, SampleConfig.from_config(config["sample"]))
         for method in ("ode", "smc"):
             start = time.perf_counter()
-            sampler = {**config["sampler"], "method": method}
-            draws = sample_llm_ndp(model, task, frame, store_ds, args.samples, config["sample"], sampler,
-                                   task_seed(config["seed"], task.name))
+            sampler = SamplerConfig.from_config({**config["sampler"], "method": method})
+            draws = sample_task(model, task, frame, args.samples, sampler, task_seed(config["seed"], task.name), expert)
             scores = sample_metrics(task, draws)
             rows.append({"task": task.name, "method": method, "seconds": time.perf_counter() - start,
                          **{k: scores.get(k, np.nan) for k in ("coverage50", "coverage90", "crps", "constraint")}})

@@ -42,7 +42,10 @@ from llmflow import expert, llm
 from llmflow.config import validate_config
 from llmflow.io import write_zarr
 from llmflow.ndp import TrainedNDP
-from llmflow.predict import TaskFrame, sample_llm_ndp, sample_task
+from llmflow.binned import BinnedDensity
+from llmflow.poe import ExpertTerm
+from llmflow.predict import SampleConfig, TaskFrame, sample_task
+from llmflow.sampler import SamplerConfig
 from llmflow.tasks import TEXT_TASKS, Task, task_seed
 
 FIG2 = "text-zero_after_30"
@@ -96,16 +99,6 @@ VARIANTS: dict[str, Variant] = {
 DEFAULT_RUN = ("gemma naive", "config.yaml")
 
 
-def mass_inside(ds: xr.Dataset, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """I-LLMP probability of [lo_j, hi_j] at each target j (bins renormalised). (m,)"""
-    lower, upper, p = ds["lower"].values, ds["upper"].values, np.exp(ds["logp"].values)
-    ok = np.isfinite(lower) & np.isfinite(upper)
-    p = np.where(ok, p, 0.0)
-    lower, upper = np.where(ok, lower, 0.0), np.where(ok, upper, 1.0)
-    overlap = np.clip(np.minimum(upper, hi[:, None]) - np.maximum(lower, lo[:, None]), 0, None)
-    return (p * overlap / (upper - lower)).sum(1) / p.sum(1)
-
-
 def adjacent_targets(task: Task) -> np.ndarray:
     """Indices of the targets nearest to each context point that have a known truth."""
     dist = np.linalg.norm(task.x_target[:, None, :] - task.x_context[None, :, :], axis=-1)
@@ -140,17 +133,18 @@ def compute_expert(task: Task, variant: Variant, base: dict, models: dict, cache
 
 def evaluate(name: str, variant: Variant, config: dict, ndp: TrainedNDP, tasks: list[Task],
              models: dict, cache: Path, models_dir: str, n_samples: int) -> list[dict]:
-    sample_cfg = {**config["sample"], **variant.sample}
+    sample_cfg = SampleConfig.from_config({**config["sample"], **variant.sample})
+    sampler = SamplerConfig.from_config(config["sampler"])
     rows = []
     for task in tasks:
         ds, sec = compute_expert(task, variant, config["expert"], models, cache, models_dir)
-        frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), sample_cfg["y_scale_min"])
+        frame = TaskFrame.fit(task, tuple(config["prior"]["x_range"]), sample_cfg.y_scale_min)
         seed = task_seed(config["seed"], task.name)
         ys = {
-            "ndp": sample_task(ndp, task, frame, n_samples, config["sampler"], seed),
-            "llm-ndp": sample_llm_ndp(ndp, task, frame, ds, n_samples, sample_cfg, config["sampler"], seed),
+            "ndp": sample_task(ndp, task, frame, n_samples, sampler, seed),
+            "llm-ndp": sample_task(ndp, task, frame, n_samples, sampler, seed, ExpertTerm.from_store(ds, task, sample_cfg)),
         }
-        inside = mass_inside(ds, task.constraint_lo, task.constraint_hi)
+        inside = BinnedDensity.from_store(ds).mass_inside(task.constraint_lo, task.constraint_hi)[0]
         constrained = np.isfinite(task.constraint_lo) | np.isfinite(task.constraint_hi)
         adj = adjacent_targets(task)
         rows.append({

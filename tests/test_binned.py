@@ -1,6 +1,5 @@
 """The binned density: its store, evaluation, the convolved log-space math, and exact product-of-experts sampling."""
 
-import math
 
 import numpy as np
 import pytest

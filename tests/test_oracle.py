@@ -7,6 +7,7 @@ import torch
 from llmflow.gp import posterior
 from llmflow.io import write_zarr
 from llmflow.kernels import Kernel
+from llmflow.likelihood import LikelihoodConfig
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 from llmflow.oracle import (
     BENCH_KERNELS, COLUMNS, OracleConfig, bayes_mixture_scores, format_table, gaussian_fit_loglik, gp_optimum_scores,
@@ -93,7 +94,7 @@ def test_sample_estimators_on_exact_posterior_samples():
 def test_run_gp_oracle_writes_the_paired_table(shard):
     torch.manual_seed(0)
     model = TrainedNDP(NDP(NDPConfig(dim=16, depth=1, heads=2)).eval(), YNormalisation(0.0, 1.0))
-    cfg = OracleConfig(n_tasks=3, n_samples=8, n_mixture_tasks=3, n_tgt=6, likelihood={"steps": 2},
+    cfg = OracleConfig(n_tasks=3, n_samples=8, n_mixture_tasks=3, n_tgt=6, likelihood=LikelihoodConfig(steps=2),
                        bayes_grid={"lengthscale": 4, "period": 8})
     lines = []
     table = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [shard], seed=0, progress=False, log=lines.append)

@@ -9,9 +9,10 @@ import torch
 from llmflow.expert import build_prompt, prompt_style
 from llmflow.ndp import TrainedNDP, YNormalisation
 from llmflow.predict import SANE_SCALES, TaskFrame, check_samples, sample_task
+from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, user_task
 
-SAMPLER = {"solver": "euler", "steps": 25, "t0": 1e-3, "noise_std": 0.05, "jacobian": "free", "method": "ode"}
+SAMPLER = SamplerConfig()
 
 
 class GPField(torch.nn.Module):

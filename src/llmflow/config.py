@@ -32,21 +32,23 @@ class Section:
     """Base of the frozen dataclass of one config section (``KEY``: its path, ``sampler.smc``).
 
     The convention: the dataclass's fields are the section's schema properties, with the
-    schema's defaults (``tests/test_config.py`` checks both); a function that takes one of these
+    schema's defaults, plus the ``DERIVED`` fields that other sections set (the NDP's x_dim is
+    ``prior.x_dim``); ``tests/test_config.py`` checks both. A function that takes one of these
     settings takes its default from the dataclass. :meth:`from_config` builds it from the
     validated section, rejecting keys it does not know, and builds nested sections the same way.
     """
 
     KEY: ClassVar[str]
+    DERIVED: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> Self:
-        """The dataclass of ``section`` (a validated config section); ConfigError naming the key
-        for a key that is not one of its fields."""
+    def from_config(cls, section: Mapping[str, Any], **derived: Any) -> Self:
+        """The dataclass of ``section`` (a validated config section) and the ``derived`` fields;
+        ConfigError naming the key for a key that is not one of the section's settings."""
         hints = get_type_hints(cls)
-        values = {}
+        values = dict(derived)
         for name, value in section.items():
-            if name not in hints or name == "KEY":
+            if name not in hints or name in ("KEY", "DERIVED") or name in cls.DERIVED:
                 raise ConfigError(f"config error: {cls.KEY}.{name}: not a setting of this section")
             kind = hints[name]
             if isinstance(kind, type) and issubclass(kind, Section):

@@ -38,27 +38,35 @@ densities add the Jacobian ``−N log(scale)`` of the affine map.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from llmflow.config import Section
 from llmflow.ndp import TrainedNDP
+from llmflow.sampler import SamplerConfig
 
 DIVERGENCES = ("exact", "hutchinson")
 
 
 @dataclass(frozen=True)
-class LikelihoodConfig:
-    """ODE log-likelihood settings: steps (RK4 steps on the sine grid, 4 velocity evaluations
-    each), t0 (start time of the flow, the sampler's), divergence (exact | hutchinson), probes
-    (Hutchinson probe vectors per task), batch_size (network rows per evaluation; the exact
-    divergence spends N rows per task, so N-point tasks go batch_size // N at a time)."""
+class LikelihoodConfig(Section):
+    """ODE log-likelihood settings (``config["bench"]["gp_oracle"]["likelihood"]``): steps (RK4
+    steps on the sine grid, 4 velocity evaluations each), divergence (exact | hutchinson),
+    probes (Hutchinson probe vectors per task), marginals (the GP-oracle benchmark also scores
+    each target's marginal), batch_size (network rows per evaluation; the exact divergence
+    spends N rows per task, so N-point tasks go batch_size // N at a time); t0 (start time of
+    the flow) is the sampler's."""
 
-    steps: int = 8
-    t0: float = 1e-3
+    KEY: ClassVar[str] = "bench.gp_oracle.likelihood"
+    DERIVED: ClassVar[tuple[str, ...]] = ("t0",)
+    steps: int = 4
+    t0: float = SamplerConfig.t0
     divergence: str = "exact"
     probes: int = 1
+    marginals: bool = True
     batch_size: int = 4096
 
     def __post_init__(self) -> None:

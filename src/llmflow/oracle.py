@@ -45,7 +45,8 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,7 @@ import xarray as xr
 from scipy import stats
 from scipy.special import logsumexp
 
+from llmflow.config import Section
 from llmflow.gp import LOG_2PI, posterior, stable_cholesky
 from llmflow.io import write_file
 from llmflow.kernels import Kernel
@@ -294,16 +296,17 @@ def summarise(kernel: str, method: str, scores: Scores, reference: Scores, n_sam
 
 
 @dataclass(frozen=True)
-class OracleConfig:
+class OracleConfig(Section):
     """``config["bench"]["gp_oracle"]``.
 
     n_tasks tasks per fixed kernel and n_mixture_tasks held-out prior draws for the ``mixture``
     kernel (0 = skip it), every row on the same tasks; n_samples: samples per task for the
-    sample-based rows; likelihood: :class:`~llmflow.likelihood.LikelihoodConfig` keys for
-    ``ndp_exact`` (None = its defaults; t0 comes from the sampler) plus ``marginals`` (bool: exact marginal NLL,
-    about as costly again as the joint); bayes_grid: quadrature nodes per hyper-parameter axis.
+    sample-based rows; likelihood: the ODE likelihood of ``ndp_exact`` (its t0 is the
+    sampler's, set by :func:`run_gp_oracle`); bayes_grid: quadrature nodes per hyper-parameter
+    axis (None: :meth:`grid_resolution`'s).
     """
 
+    KEY: ClassVar[str] = "bench.gp_oracle"
     n_tasks: int = 6
     n_samples: int = 128
     n_mixture_tasks: int = 6
@@ -311,17 +314,11 @@ class OracleConfig:
     n_tgt: int = 50
     noise_std: float = 0.05
     x_range: tuple[float, float] = (-2.0, 2.0)
-    likelihood: dict | None = None
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
     bayes_grid: dict | None = None
 
     def grid_resolution(self) -> dict[str, int]:
         return {"lengthscale": 24, "period": 96, "periodic_lengthscale": 8, "variance": 4, "noise_std": 3, **(self.bayes_grid or {})}
-
-    def likelihood_config(self, t0: float) -> tuple[LikelihoodConfig, bool]:
-        """The ODE likelihood settings (start time t0 shared with the sampler) and ``marginals``."""
-        opts = dict(self.likelihood or {})
-        marginals = bool(opts.pop("marginals", True))
-        return LikelihoodConfig(t0=t0, **opts), marginals
 
 
 def run_gp_oracle(
@@ -341,7 +338,7 @@ def run_gp_oracle(
     same tasks. Every kernel draws its tasks from its own seeded stream, so kernels do not
     depend on each other. ``log`` receives the wall time of each stage.
     """
-    lik, marginals = cfg.likelihood_config(sampler.t0)
+    lik = replace(cfg.likelihood, t0=sampler.t0)
     families: list[tuple[str, GPTasks]] = []
     kw = dict(x_range=cfg.x_range, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt, noise_std=cfg.noise_std)
     for i, (name, kernel) in enumerate(BENCH_KERNELS.items()):
@@ -354,7 +351,7 @@ def run_gp_oracle(
     for i, (name, tasks) in enumerate(families):
         clock = time.perf_counter()
         optimum = gp_optimum_scores(tasks)
-        exact = ndp_exact_scores(model, tasks, lik, marginals)
+        exact = ndp_exact_scores(model, tasks, lik, lik.marginals)
         t_exact = time.perf_counter() - clock
         samples = sample(
             model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, cfg.n_samples, ctx_mask=tasks.ctx_mask, tgt_mask=tasks.tgt_mask,

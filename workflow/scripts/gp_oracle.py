@@ -8,7 +8,7 @@ from llmflow.train import resolve_device
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
     model = TrainedNDP.load(snakemake.input.model, resolve_device(snakemake.params.device))
-    table = run_gp_oracle(model, OracleConfig(**snakemake.params.bench), SamplerConfig.from_config(snakemake.params.sampler),
+    table = run_gp_oracle(model, OracleConfig.from_config(snakemake.params.bench), SamplerConfig.from_config(snakemake.params.sampler),
                           mixture_shards=snakemake.input.mixture, seed=snakemake.params.seed, log=log.info)
     write_table(table, snakemake.output.csv, snakemake.output.table)
     log.info("GP-oracle benchmark (per target, nats):\n%s", format_table(table))
