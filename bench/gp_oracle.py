@@ -20,7 +20,7 @@ from llmflow.config import validate_config
 from llmflow.ndp import TrainedNDP
 from llmflow.oracle import OracleConfig, format_table, run_gp_oracle, write_table
 from llmflow.sampler import SamplerConfig
-from llmflow.train import resolve_device
+from llmflow.device import choose_device
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     config = validate_config(yaml.safe_load(Path(args.config).read_text()) or {})
-    model = TrainedNDP.load(args.model, resolve_device(args.device or config["device"]))
+    model = TrainedNDP.load(args.model, choose_device(args.device or config["device"]))
     table = run_gp_oracle(
         model,
         OracleConfig.from_config(config["bench"]["gp_oracle"]),

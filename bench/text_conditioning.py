@@ -17,7 +17,7 @@ The same seeds are used for NDP and LLM-NDP, so their difference is the expert's
 Variants override the schema's defaults; the variant ``config.yaml`` is the config's own
 ``llm``, ``expert`` and ``sample`` sections. Expert results are cached under ``--cache`` keyed by
 (task, model, settings). The default run compares the naive prompt with the config's setting on
-the four text tasks (a few minutes on 2 cores); ``--variants all`` runs every row of the README. The last line is machine-readable:
+the four text tasks (a few minutes on 2 cores); ``--variants all`` runs every row of docs/text-conditioning.md. The last line is machine-readable:
 ``best=<variant> fig2=<LLM-NDP rate on text-zero_after_30> ndp=<NDP rate> llmp=<I-LLMP rate>``.
 
     python bench/text_conditioning.py [--variants all] [--n-samples 64] [--threads 2]
@@ -174,7 +174,7 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def markdown(summary: dict[str, dict[str, float]]) -> str:
-    """The table of the README (variant definitions: ``VARIANTS``)."""
+    """The table of docs/text-conditioning.md (variant definitions: ``VARIANTS``)."""
     head = ("| variant | follow | Fig. 2: NDP / I-LLMP / LLM-NDP | all tasks: NDP / I-LLMP / LLM-NDP | "
             "CRPS adj. NDP / LLM-NDP | invalid | s/target |")
     lines = [head, "|" + "---|" * 7]

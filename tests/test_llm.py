@@ -1,4 +1,4 @@
-"""Model registry, materialisation, loading and device choice (no network)."""
+"""Model registry, materialisation and loading (no network)."""
 
 from __future__ import annotations
 
@@ -34,21 +34,6 @@ def test_missing_model_folder_is_one_line_error(tmp_path: Path):
         llm.resolve_model_path("smollm2-135m", models_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown embedded model"):
         llm.materialise("gpt-17", tmp_path / "x")
-
-
-def test_choose_device(monkeypatch: pytest.MonkeyPatch):
-    assert llm.choose_device("cpu", shard=3).type == "cpu"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert llm.choose_device("auto", shard=3).type == "cpu"
-    with pytest.raises(ValueError, match="cuda"):
-        llm.choose_device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert llm.choose_device("auto", shard=6) == torch.device("cuda", 2)  # local: shard % GPUs
-    monkeypatch.setenv("SLURM_JOB_ID", "1")
-    assert llm.choose_device("auto", shard=6) == torch.device("cuda", 0)  # SLURM assigned it
 
 
 def test_sha_mismatch_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

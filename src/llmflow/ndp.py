@@ -206,8 +206,7 @@ class TrainedNDP:
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu") -> "TrainedNDP":
-        """Read a model.pt written by :func:`llmflow.train.save_model`, in eval mode on ``device``."""
-        payload = torch.load(path, map_location=device, weights_only=True)
-        net = NDP(NDPConfig(**payload["ndp_config"]))
-        net.load_state_dict(payload["state_dict"])
-        return cls(net.to(device).eval(), YNormalisation(**payload["normalisation"]))
+        """Read a model.pt in eval mode on ``device`` (:func:`llmflow.checkpoint.load_model`)."""
+        from llmflow.checkpoint import load_model  # checkpoint imports this module
+
+        return load_model(path, device)

@@ -1,4 +1,4 @@
-"""The paper's figures and the calibration plot (matplotlib, PNG + PDF, deterministic)."""
+"""The paper's figures, the calibration plot and the NDP's training curve (matplotlib, deterministic)."""
 
 from __future__ import annotations
 
@@ -192,3 +192,24 @@ def task_figure(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity,
     fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
     fig.tight_layout()
     save(fig, path)
+
+
+def training_curve(curve: pd.DataFrame, path: str | Path) -> None:
+    """PNG of the NDP's training and validation loss (log scale) and the learning rate against
+    step, written atomically; ``curve`` has the columns of :class:`llmflow.train.TrainResult`'s."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve["step"], curve["loss"], lw=1.2, label="train")
+    val = curve.dropna(subset=["val_loss"])
+    if len(val):
+        ax.plot(val["step"], val["val_loss"], "o-", ms=3, lw=1.2, label="validation (EMA)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (normalised y)")
+    lr_ax = ax.twinx()
+    lr_ax.plot(curve["step"], curve["lr"], color="tab:gray", lw=0.8, ls="--")
+    lr_ax.set_ylabel("learning rate", color="tab:gray")
+    ax.set_title("NDP training curve")
+    fig.tight_layout()
+    write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

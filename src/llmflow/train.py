@@ -4,18 +4,18 @@ One step: draw a batch of prior functions (all their valid points, no context/ta
 the model learns the joint), noise ``y0 ~ N(0, I)``, a logit-normal ``t``, and minimise the
 masked velocity MSE of :func:`llmflow.flow.flow_matching_loss`. AdamW, linear warm-up then
 cosine decay to zero, gradient-norm clipping, and an exponential moving average of the
-weights (the EMA weights are what model.pt holds and what the sampler uses).
+weights (:mod:`llmflow.ema`; the EMA weights are what model.pt holds and what the sampler uses).
 
 y-normalisation convention: ``y_model = (y − loc) / scale`` with ``(loc, scale)`` the mean and
 standard deviation of every valid training y (``global``) or ``(0, 1)`` (``none``). x is used
 raw. The pair is stored in model.pt and applied by the sampler; the benchmark metrics are
 computed after mapping samples back to data units.
 
-Checkpoints (every ``checkpoint_every`` steps, atomically: temp file in the same folder then
-``os.replace``) hold model, EMA, optimiser, the noise generator's state, the data-loader
-position and the curve so far, so a killed run resumes to exactly the weights of an
-uninterrupted run on the same device. A checkpoint from another configuration or other data
-(a fingerprint mismatch) is discarded, not resumed.
+Checkpoints (every ``checkpoint_every`` steps; their I/O and model.pt's are in
+:mod:`llmflow.checkpoint`) let a killed run resume to exactly the weights of an uninterrupted
+run on the same device. A checkpoint from another configuration or other data (a fingerprint
+mismatch) is discarded, not resumed. The device is :func:`llmflow.device.choose_device`'s, the
+training-curve figure :func:`llmflow.plots.training_curve`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,13 @@ import xarray as xr
 from torch.nn.utils import clip_grad_norm_
 from tqdm.auto import tqdm
 
-from llmflow.io import write_file
+from llmflow.checkpoint import list_checkpoints, read_checkpoint, save_model, write_checkpoint
+from llmflow.device import choose_device
+from llmflow.ema import ema_decay, update_ema
 from llmflow.flow import flow_matching_loss, sample_logit_normal
+from llmflow.io import write_file
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
+from llmflow.plots import training_curve
 
 
 @dataclass(frozen=True)
@@ -116,15 +120,6 @@ def fit_normalisation(data: PriorData, kind: str) -> YNormalisation:
     return YNormalisation(loc=float(y.mean()), scale=float(y.std()))
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cpu`` / ``cuda`` as asked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(name)
-
-
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up over ``warmup_steps`` then cosine decay to 0 at ``steps``."""
     if step < cfg.warmup_steps:
@@ -161,23 +156,6 @@ class BatchOrder:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temp file in the same folder, then ``os.replace``."""
-    write_file(path, lambda tmp: torch.save(obj, tmp))
-
-
-def save_model(model: TrainedNDP, path: str | os.PathLike, **extra: object) -> None:
-    """model.pt: ``{format, ndp_config, state_dict, normalisation, **extra}`` (weights_only-safe)."""
-    payload = {
-        "format": "llmflow-ndp-v1",
-        "ndp_config": model.net.config.to_dict(),
-        "state_dict": model.net.state_dict(),
-        "normalisation": asdict(model.norm),
-        **extra,
-    }
-    atomic_torch_save(payload, path)
-
-
 CURVE_COLUMNS = ["step", "loss", "val_loss", "lr", "steps_per_s", "wall_s"]
 
 
@@ -211,10 +189,6 @@ class TrainResult:
     seconds: float
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-
-
 def train(
     data: PriorData,
     model_config: NDPConfig,
@@ -231,7 +205,7 @@ def train(
     training loss far below it means the network memorises the finite prior (more functions
     are needed), which a flow-matching loss alone does not show.
     """
-    dev = resolve_device(device)
+    dev = choose_device(device)
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
     norm = fit_normalisation(data, cfg.y_normalisation)
@@ -249,13 +223,13 @@ def train(
     start, resumed_from = 0, None
     window_loss, window_n = 0.0, 0  # running sum and count of losses since the last curve row
 
-    for old in _checkpoints(folder):
-        ckpt = torch.load(old, map_location=dev, weights_only=True)
+    for old in list_checkpoints(folder):
+        ckpt = read_checkpoint(old, dev)
         if ckpt["fingerprint"] != fingerprint:
             tqdm.write(f"discarding checkpoint {old} from another configuration or other data")
             old.unlink()
-    if existing := _checkpoints(folder):
-        ckpt = torch.load(existing[-1], map_location=dev, weights_only=True)
+    if existing := list_checkpoints(folder):
+        ckpt = read_checkpoint(existing[-1], dev)
         net.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -290,11 +264,7 @@ def train(
         loss.backward()
         clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
-        # EMA with a warm-up of its decay so short runs are not dominated by the initial weights.
-        decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1.0 - decay)
+        update_ema(ema, net, ema_decay(step, cfg.ema_decay))
 
         window_loss = window_loss + loss.detach().float()  # no host sync per step on CUDA
         window_n += 1
@@ -308,41 +278,15 @@ def train(
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", steps_s=f"{rows[-1]['steps_per_s']:.1f}")
             window_loss, window_n, window_t = 0.0, 0, now
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            atomic_torch_save(
+            write_checkpoint(
+                folder,
                 {"step": done, "fingerprint": fingerprint, "model": net.state_dict(), "ema": ema.state_dict(),
                  "optimizer": opt.state_dict(), "generator": gen.get_state(), "loader": order.state(), "curve": rows, "window": (float(window_loss), window_n)},
-                folder / f"step-{done:08d}.pt",
+                keep=cfg.keep_checkpoints,
             )
-            for stale in _checkpoints(folder)[: -cfg.keep_checkpoints]:
-                stale.unlink()
     bar.close()
     return TrainResult(TrainedNDP(ema.eval(), norm), pd.DataFrame(rows, columns=CURVE_COLUMNS),
                        resumed_from, time.perf_counter() - t_start)
-
-
-def plot_curve(curve: pd.DataFrame, path: str | os.PathLike) -> None:
-    """PNG of the training loss (log scale) and the learning rate against step, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(curve["step"], curve["loss"], lw=1.2, label="train")
-    val = curve.dropna(subset=["val_loss"])
-    if len(val):
-        ax.plot(val["step"], val["val_loss"], "o-", ms=3, lw=1.2, label="validation (EMA)")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (normalised y)")
-    lr_ax = ax.twinx()
-    lr_ax.plot(curve["step"], curve["lr"], color="tab:gray", lw=0.8, ls="--")
-    lr_ax.set_ylabel("learning rate", color="tab:gray")
-    ax.set_title("NDP training curve")
-    fig.tight_layout()
-    write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
 
 
 def run_training(
@@ -361,7 +305,7 @@ def run_training(
     val = load_prior_shards(val_shard_paths) if val_shard_paths else None
     result = train(load_prior_shards(shard_paths), model_config, cfg, checkpoint_dir, device, progress, val)
     write_file(curve_csv, lambda tmp: result.curve.to_csv(tmp, index=False))
-    plot_curve(result.curve, curve_png)
+    training_curve(result.curve, curve_png)
     save_model(result.model, model_path, train=asdict(cfg), steps=cfg.steps)
     return result
 

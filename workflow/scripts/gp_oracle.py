@@ -4,10 +4,10 @@ from llmflow.logs import log_errors
 from llmflow.oracle import OracleConfig, format_table, run_gp_oracle, write_table
 from llmflow.ndp import TrainedNDP
 from llmflow.sampler import SamplerConfig
-from llmflow.train import resolve_device
+from llmflow.device import choose_device
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
-    model = TrainedNDP.load(snakemake.input.model, resolve_device(snakemake.params.device))
+    model = TrainedNDP.load(snakemake.input.model, choose_device(snakemake.params.device))
     table = run_gp_oracle(model, OracleConfig.from_config(snakemake.params.bench), SamplerConfig.from_config(snakemake.params.sampler),
                           mixture_shards=snakemake.input.mixture, seed=snakemake.params.seed, log=log.info)
     write_table(table, snakemake.output.csv, snakemake.output.table)
