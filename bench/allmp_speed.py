@@ -40,7 +40,7 @@ def main() -> None:
 
     config = validate_config(yaml.safe_load(Path(args.config).read_text()))
     expert_cfg = expert.ExpertConfig.from_config(config["expert"])
-    base = allmp.SamplerConfig.from_config(config["allmp"])
+    base = allmp.AllmpConfig.from_config(config["allmp"])
     if args.samples:
         base = dataclasses.replace(base, n_samples=args.samples)
     model, tok = llm.load_model(args.model, models_dir=args.models_dir)
@@ -48,14 +48,14 @@ def main() -> None:
     if args.targets:
         task = task.isel(target=slice(0, args.targets))
     warm = task.isel(target=slice(0, 1))
-    allmp.sample_task(model, tok, warm, expert_cfg, dataclasses.replace(base, n_samples=1), "", progress=False)
+    allmp.sample_allmp(model, tok, warm, expert_cfg, dataclasses.replace(base, n_samples=1), "", progress=False)
 
     n = base.n_samples * task.sizes["target"]
     per_number = {}
     for order in ("query", "append"):
         cfg = dataclasses.replace(base, order=order)
         t0 = time.perf_counter()
-        ds = allmp.sample_task(model, tok, task, expert_cfg, cfg, args.model, progress=False)
+        ds = allmp.sample_allmp(model, tok, task, expert_cfg, cfg, args.model, progress=False)
         per_number[order] = (time.perf_counter() - t0) / n
         y = ds["y"].values
         print(f"{order:>6}: {per_number[order]:.3f} s per drawn number ({n} numbers), "

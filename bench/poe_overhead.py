@@ -61,7 +61,7 @@ def main() -> None:
     if args.model:
         model = TrainedNDP.load(args.model)
     else:
-        net = NDP(NDPConfig(x_dim=config["prior"]["x_dim"], **config["ndp"])).eval()
+        net = NDP(NDPConfig.from_config(config["ndp"], x_dim=config["prior"]["x_dim"])).eval()
         model = TrainedNDP(net, YNormalisation())
     if args.expert:
         store = xr.open_zarr(args.expert).load()

@@ -57,7 +57,7 @@ def _task(n_targets: int = 4, text: str = "") -> xr.Dataset:
 
 
 def _rows_error(model, tokenizer, monkeypatch, task: xr.Dataset, cfg: expert.ExpertConfig,
-                sampler: allmp.SamplerConfig) -> tuple[float, int]:
+                sampler: allmp.AllmpConfig, seed: int = 3) -> tuple[float, int]:
     """Sample ``task``; then, for every next-token row a draw used, the largest difference
     from a full forward (no cache) of the draw's prompt tokens plus the number's tokens so
     far; and the number of rows."""
@@ -70,7 +70,7 @@ def _rows_error(model, tokenizer, monkeypatch, task: xr.Dataset, cfg: expert.Exp
         return out
 
     monkeypatch.setattr(allmp, "_draw_number", spy)
-    ds = allmp.sample_task(model, tokenizer, task, cfg, sampler, "m", progress=False)
+    ds = allmp.sample_allmp(model, tokenizer, task, cfg, sampler, "m", seed, progress=False)
     assert ds.attrs["order"] == sampler.order and ds["y"].shape == (sampler.n_samples, task.sizes["target"])
     assert len(trees) == ds["y"].size
     restricted = cfg.prompt_style().restricted
@@ -90,7 +90,7 @@ def test_rows_equal_full_forwards_smollm2(smol, tokenizer, monkeypatch):
     """SmolLM2 (float32), the default style (the number's lead ' ' shared with the query's
     forward, the LM head's number rows only): the rows two batched samples drew from equal
     full forwards of the explicit prompt's tokens."""
-    sampler = allmp.SamplerConfig(n_samples=2, seed=3)
+    sampler = allmp.AllmpConfig(n_samples=2)
     worst, n_rows = _rows_error(smol, tokenizer, monkeypatch, _task(2), expert.ExpertConfig(), sampler)
     assert n_rows > 10 and worst < 1e-4, worst
 
@@ -101,7 +101,7 @@ def test_rows_equal_full_forwards_sliding_window(gemma, tokenizer, monkeypatch, 
     """A Gemma-3 with a sliding window (float64), with and without the rule line before the
     query (its line is then run apart from the draw): rows equal full forwards to round-off."""
     cfg = expert.ExpertConfig(**EASY, use_text=rule, rule_before_query=rule)
-    sampler = allmp.SamplerConfig(n_samples=3, max_retries=100, seed=3, order=order)
+    sampler = allmp.AllmpConfig(n_samples=3, max_retries=100, order=order)
     worst, n_rows = _rows_error(gemma, tokenizer, monkeypatch, _task(text=TEXT if rule else ""), cfg, sampler)
     assert n_rows > 30 and worst < 1e-9, worst
 
@@ -116,8 +116,8 @@ def test_append_order_grows_one_prompt(smol, tokenizer, monkeypatch):
         return real(tok, prompt, *args)
 
     monkeypatch.setattr(expert, "number_tokens", spy)
-    sampler = allmp.SamplerConfig(n_samples=1, seed=0)
-    ds = allmp.sample_task(smol, tokenizer, _task(), expert.ExpertConfig(), sampler, "s", progress=False)
+    sampler = allmp.AllmpConfig(n_samples=1)
+    ds = allmp.sample_allmp(smol, tokenizer, _task(), expert.ExpertConfig(), sampler, "s", progress=False)
     assert prompts[0].startswith("0.00, 1.25\n1.00, 1.75\n2.00, 2.50\n")
     drawn = []
     for before, after in zip(prompts, prompts[1:]):
@@ -136,8 +136,8 @@ def test_seeds_and_batching(gemma, tokenizer):
     task, cfg = _task(), expert.ExpertConfig(**EASY)
 
     def draw(seed: int, n: int, order: str = "append") -> np.ndarray:
-        sampler = allmp.SamplerConfig(n_samples=n, max_retries=100, seed=seed, order=order)
-        return allmp.sample_task(gemma, tokenizer, task, cfg, sampler, "g", progress=False)["y"].values
+        sampler = allmp.AllmpConfig(n_samples=n, max_retries=100, order=order)
+        return allmp.sample_allmp(gemma, tokenizer, task, cfg, sampler, "g", seed, progress=False)["y"].values
 
     a = draw(1, 3)
     np.testing.assert_array_equal(a, draw(1, 3))
@@ -150,7 +150,7 @@ def test_seeds_and_batching(gemma, tokenizer):
 
 def test_order_is_checked():
     with pytest.raises(ValueError, match="allmp.order"):
-        allmp.SamplerConfig(order="distance")
+        allmp.AllmpConfig(order="distance")
 
 
 def test_flat_copies_shared_history_apart():

@@ -163,6 +163,6 @@ def test_llm_without_a_number_names_task_and_target(smollm2_dir: Path, pristine:
     assert str(info.value) == case["error"]
     assert not out.exists() and not list(cache.glob("*.zarr"))  # no partial output
 
-    sampler = allmp.SamplerConfig.from_config({"n_samples": 1, "max_retries": 1})
+    sampler = allmp.AllmpConfig.from_config({"n_samples": 1, "max_retries": 1})
     with pytest.raises(ValueError, match=r"^task 'user-temperature', target \d+ \(x = \d+\): the LLM gave no valid number in 2 draws for any of 1 samples$"):
-        allmp.sample_task(liar, tokenizer, xr.open_zarr(task_path).load(), cfg, sampler, "liar", progress=False)
+        allmp.sample_allmp(liar, tokenizer, xr.open_zarr(task_path).load(), cfg, sampler, "liar", progress=False)

@@ -91,3 +91,68 @@ def test_strings_that_do_not_parse_are_named(section, message):
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+# One frozen dataclass per config section (tasks and figures are read by the workflow itself;
+# bench is a folder of benchmarks).
+def _sections():
+    from llmflow.allmp import AllmpConfig
+    from llmflow.expert import ExpertConfig
+    from llmflow.likelihood import LikelihoodConfig
+    from llmflow.llm import LLMConfig
+    from llmflow.ndp import NDPConfig
+    from llmflow.oracle import OracleConfig
+    from llmflow.predict import SampleConfig
+    from llmflow.prior import PriorConfig
+    from llmflow.sampler import SamplerConfig, SMCConfig
+    from llmflow.train import TrainConfig
+
+    return [PriorConfig, LLMConfig, ExpertConfig, AllmpConfig, SampleConfig, NDPConfig, TrainConfig, SamplerConfig,
+            SMCConfig, OracleConfig, LikelihoodConfig]
+
+
+def _schema_at(key: str) -> dict:
+    from llmflow.config import load_schema
+
+    node = load_schema()
+    for part in key.split("."):
+        node = node["properties"][part]
+    return node
+
+
+@pytest.mark.parametrize("cls", _sections(), ids=lambda c: c.__name__)
+def test_each_section_dataclass_is_its_schema(cls):
+    import dataclasses
+
+    schema = _schema_at(cls.KEY)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(fields) - set(cls.DERIVED) == set(schema["properties"]), cls.KEY
+    for name, prop in schema["properties"].items():
+        field = fields[name]
+        if "default" not in prop:
+            assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, name
+            continue
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        if dataclasses.is_dataclass(default):  # a nested section: the schema's {} is its defaults
+            assert prop["default"] == {} and type(default).KEY == f"{cls.KEY}.{name}"
+            continue
+        want = tuple(prop["default"]) if isinstance(prop["default"], list) else prop["default"]
+        assert default == want, (f"{cls.KEY}.{name}", default, want)
+
+
+@pytest.mark.parametrize("cls", _sections(), ids=lambda c: c.__name__)
+def test_each_section_dataclass_takes_the_validated_section_and_refuses_unknown_keys(cls):
+    config = validate_config(yaml.safe_load(open("config.yaml")))
+    section = config
+    for part in cls.KEY.split("."):
+        section = section[part]
+    import dataclasses
+
+    derived = {f.name: f.default for f in dataclasses.fields(cls) if f.name in cls.DERIVED}
+    built = cls.from_config(section, **derived)
+    assert isinstance(built, cls)
+    with pytest.raises(ConfigError, match=rf"^config error: {cls.KEY}\.no_such_key: not a setting of this section$"):
+        cls.from_config({**section, "no_such_key": 1}, **derived)
+    for name in cls.DERIVED:  # set by another section, never by this one
+        with pytest.raises(ConfigError, match=rf"{cls.KEY}\.{name}"):
+            cls.from_config({**section, name: derived[name]}, **derived)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmflow import device, llm
+from llmflow import device
 
 
 def test_choose_device(monkeypatch: pytest.MonkeyPatch):
@@ -25,7 +25,3 @@ def test_choose_device(monkeypatch: pytest.MonkeyPatch):
     assert device.choose_device("auto", shard=6) == torch.device("cuda", 2)  # local: shard % GPUs
     monkeypatch.setenv("SLURM_JOB_ID", "1")
     assert device.choose_device("auto", shard=6) == torch.device("cuda", 0)  # SLURM assigned it
-
-
-def test_the_llm_jobs_use_the_same_helper():
-    assert llm.choose_device is device.choose_device

@@ -381,8 +381,8 @@ def test_task_dataset_rescaled_padded_and_cached(tiny_model, smol_tokenizer, tmp
 def test_allmp_samples_smollm2(smol32):
     model, tok = smol32
     task = _task()
-    cfg = allmp.SamplerConfig(n_samples=2, temperature=1.0, top_p=0.9, max_retries=3, seed=1)
-    ds = allmp.sample_task(model, tok, task, expert.ExpertConfig(), cfg, "smollm2", progress=False)
+    cfg = allmp.AllmpConfig(n_samples=2, temperature=1.0, top_p=0.9, max_retries=3)
+    ds = allmp.sample_allmp(model, tok, task, expert.ExpertConfig(), cfg, "smollm2", seed=1, progress=False)
     assert ds["y"].shape == (2, 2) and ds["n_invalid"].shape == (2,)
     y = ds["y"].values
     assert np.isfinite(y).all()

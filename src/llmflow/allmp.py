@@ -32,32 +32,31 @@ import itertools
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import xarray as xr
 
 from llmflow import expert
+from llmflow.config import Section
 from llmflow.expert import TERM, UNITS, ExpertConfig, NumberTokens
 
 ORDERS = ("append", "query")
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
-    """Settings of the A-LLMP sampler (config section ``allmp``)."""
+class AllmpConfig(Section):
+    """Settings of the A-LLMP sampler (config section ``allmp``); ``tasks``: shell patterns of
+    the tasks it samples (:func:`llmflow.evaluate.allmp_tasks`)."""
 
+    KEY: ClassVar[str] = "allmp"
     n_samples: int = 10
     temperature: float = 1.0
     top_p: float = 1.0
     max_retries: int = 10
-    seed: int = 0
+    tasks: tuple[str, ...] = ("*",)
     order: str = "append"
-
-    @classmethod
-    def from_config(cls, section: dict) -> SamplerConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in names})
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.n_samples < 1:
@@ -326,7 +325,7 @@ class _Tree:
 
 
 def _draw_number(tree: _Tree, tokens: NumberTokens, decimals: int, max_int_digits: int,
-                 allow_negative: bool, cfg: SamplerConfig, rng: np.random.Generator
+                 allow_negative: bool, cfg: AllmpConfig, rng: np.random.Generator
                  ) -> Generator[Request, Reply, tuple[str | None, int]]:
     """One number string (None if every try was invalid) and its invalid tries. The first
     forward runs the query with the tokens that the leads share (``' '`` of ``' 3'``)."""
@@ -377,13 +376,13 @@ def _grow(tree: _Tree, tokens: NumberTokens, s: str, ids: list[int], new_ids: li
 # ----------------------------------------------------------------------------- tasks
 
 
-def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cfg: SamplerConfig,
-                model_name: str, progress: bool = True) -> xr.Dataset:
+def sample_allmp(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cfg: AllmpConfig,
+                 model_name: str, seed: int = 0, progress: bool = True) -> xr.Dataset:
     """A-LLMP samples ``y (sample, target)`` in the data's units, with ``x_target``.
 
     Prompts follow ``expert_cfg`` (style, decimals, rescaling), so A-LLMP and I-LLMP read the
     same lines; ``cfg.order`` decides their order (see the module doc). ``n_invalid (sample)``
-    counts redrawn strings.
+    counts redrawn strings. ``seed``: the root of the samples' random streams.
     """
     from tqdm.auto import tqdm
 
@@ -441,7 +440,7 @@ def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cf
                     kv, ids = yield from _grow(tree, tokens, s, ids, encode(head))
             yield None  # wait for the other samples
 
-    seeds = np.random.SeedSequence(cfg.seed).spawn(cfg.n_samples)
+    seeds = np.random.SeedSequence(seed).spawn(cfg.n_samples)
     with torch.inference_mode():
         start = None
         if append:  # every sample starts from the context lines
@@ -463,6 +462,6 @@ def sample_task(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cf
         },
         attrs={"task": str(task.attrs.get("name", "")), "method": "a-llmp", "model": model_name,
                "style": style.name, "decimals": style.decimals, "temperature": cfg.temperature,
-               "top_p": cfg.top_p, "max_retries": cfg.max_retries, "seed": cfg.seed,
+               "top_p": cfg.top_p, "max_retries": cfg.max_retries, "seed": seed,
                "order": cfg.order, "scale": scale, "shift": shift},
     )

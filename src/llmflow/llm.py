@@ -19,17 +19,31 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
 
-from llmflow.device import choose_device  # noqa: F401  (the LLM jobs' import path)
+from llmflow.config import Section
 from llmflow.io import atomic_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 MARKER = "llmflow_model.json"  # written last into a materialised folder; its presence = complete
+
+
+@dataclass(frozen=True)
+class LLMConfig(Section):
+    """``config["llm"]``: model (an embedded name or a Hugging Face folder), dtype, device
+    (auto | cpu | cuda; see :func:`llmflow.device.choose_device`), memory_gb (the memory the
+    start-time check budgets for; None: the device's)."""
+
+    KEY: ClassVar[str] = "llm"
+    model: str = "smollm2-135m"
+    dtype: str = "auto"
+    device: str = "auto"
+    memory_gb: float | None = None
 
 
 @dataclass(frozen=True)

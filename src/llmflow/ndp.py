@@ -30,23 +30,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmflow.config import Section
 from llmflow.flow import VelocityNet
 
 
 @dataclass(frozen=True)
-class NDPConfig:
-    """Architecture of the DiT.
+class NDPConfig(Section):
+    """Architecture of the DiT (``config["ndp"]``).
 
-    x_dim: input dimension D ≥ 1. dim: token width. depth: number of blocks. heads: attention
+    x_dim: input dimension D ≥ 1 (derived: ``prior.x_dim``). dim: token width. depth: number of blocks. heads: attention
     heads (dim must be divisible). mlp_ratio: hidden width of the block MLP / dim.
     time_freqs: number of sinusoidal time features.
     """
 
+    KEY: ClassVar[str] = "ndp"
+    DERIVED: ClassVar[tuple[str, ...]] = ("x_dim",)
     x_dim: int = 1
     dim: int = 64
     depth: int = 4

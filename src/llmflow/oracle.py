@@ -370,7 +370,7 @@ def run_gp_oracle(
             rows.append(summarise(name, "bayes_mixture", bayes_mixture_scores(tasks, grid), optimum, None))
         if log:
             log(f"{name}: {len(tasks)} tasks, ndp_exact {t_exact:.1f} s ({lik.divergence}, {lik.steps} RK4 steps, "
-                f"marginals={marginals}), ndp sampling {t_sample:.1f} s, total {time.perf_counter() - clock:.1f} s")
+                f"marginals={lik.marginals}), ndp sampling {t_sample:.1f} s, total {time.perf_counter() - clock:.1f} s")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -13,12 +13,13 @@ number of workers, and are byte-identical every time.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
 
+from llmflow.config import Section
 from llmflow.gp import sample_prior
 from llmflow.kernels import Kernel
 
@@ -26,37 +27,23 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class PriorConfig:
-    """The ``prior`` section of the config (see workflow/schemas/config.schema.yaml)."""
+class PriorConfig(Section):
+    """The ``prior`` section of the config (see workflow/schemas/config.schema.yaml); ``shards``:
+    shards per split (the workflow's)."""
 
-    x_dim: int
+    KEY: ClassVar[str] = "prior"
     x_range: tuple[float, float]
     n_points: tuple[int, int]
     kernels: tuple[str, ...]
-    kernel_weights: tuple[float, ...] | None
     lengthscale: tuple[float, float]
-    variance: tuple[float, float]
-    noise_std: tuple[float, float]
-    period: tuple[float, float]
-    periodic_lengthscale: tuple[float, float]
-    functions_per_shard: int
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> PriorConfig:
-        weights = section.get("kernel_weights")
-        return cls(
-            x_dim=int(section["x_dim"]),
-            x_range=tuple(section["x_range"]),
-            n_points=tuple(section["n_points"]),
-            kernels=tuple(section["kernels"]),
-            kernel_weights=tuple(weights) if weights else None,
-            lengthscale=tuple(section["lengthscale"]),
-            variance=tuple(section["variance"]),
-            noise_std=tuple(section["noise_std"]),
-            period=tuple(section["period"]),
-            periodic_lengthscale=tuple(section["periodic_lengthscale"]),
-            functions_per_shard=int(section["functions_per_shard"]),
-        )
+    x_dim: int = 1
+    kernel_weights: tuple[float, ...] | None = None
+    variance: tuple[float, float] = (1.0, 1.0)
+    noise_std: tuple[float, float] = (0.05, 0.05)
+    period: tuple[float, float] = (0.25, 1.0)
+    periodic_lengthscale: tuple[float, float] = (1.0, 1.0)
+    functions_per_shard: int = 1024
+    shards: dict[str, int] = field(default_factory=dict)
 
 
 def shard_rng(seed: int, split: str, shard: int) -> np.random.Generator:

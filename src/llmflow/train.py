@@ -27,7 +27,8 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm.auto import tqdm
 
 from llmflow.checkpoint import list_checkpoints, read_checkpoint, save_model, write_checkpoint
+from llmflow.config import Section
 from llmflow.device import choose_device
 from llmflow.ema import ema_decay, update_ema
 from llmflow.flow import flow_matching_loss, sample_logit_normal
@@ -47,8 +49,12 @@ from llmflow.plots import training_curve
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings (``config["train"]``). Steps count optimiser updates."""
+class TrainConfig(Section):
+    """Optimisation settings (``config["train"]``). Steps count optimiser updates. seed None:
+    the run's top-level seed (:func:`train_config_from`; 0 where none is given); threads: the
+    train rule's CPU threads (the workflow's, not the optimiser's)."""
+
+    KEY: ClassVar[str] = "train"
 
     steps: int = 6000
     batch_size: int = 32
@@ -66,7 +72,8 @@ class TrainConfig:
     val_every: int = 500
     val_functions: int = 256
     compile: bool = False
-    seed: int = 0
+    seed: int | None = None
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.y_normalisation not in ("global", "none"):
@@ -205,12 +212,13 @@ def train(
     training loss far below it means the network memorises the finite prior (more functions
     are needed), which a flow-matching loss alone does not show.
     """
+    cfg = cfg if cfg.seed is not None else replace(cfg, seed=0)
     dev = choose_device(device)
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
     norm = fit_normalisation(data, cfg.y_normalisation)
     fingerprint = hashlib.sha256(
-        json.dumps([model_config.to_dict(), {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints", "compile")}, data.fingerprint()], sort_keys=True).encode()
+        json.dumps([model_config.to_dict(), {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints", "compile", "threads")}, data.fingerprint()], sort_keys=True).encode()
     ).hexdigest()[:16]
 
     torch.manual_seed(cfg.seed)  # the initial weights
@@ -311,8 +319,6 @@ def run_training(
 
 
 def train_config_from(section: dict, seed: int) -> TrainConfig:
-    """``config["train"]`` → TrainConfig; ``seed: null`` takes the top-level seed, ``threads`` is the rule's."""
-    values = {k: v for k, v in section.items() if k != "threads"}
-    if values.get("seed") is None:
-        values["seed"] = seed
-    return TrainConfig(**values)
+    """``config["train"]`` → TrainConfig; ``seed: null`` takes the top-level seed."""
+    cfg = TrainConfig.from_config(section)
+    return cfg if cfg.seed is not None else replace(cfg, seed=seed)

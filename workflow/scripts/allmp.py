@@ -1,30 +1,28 @@
 """Rule `allmp_<shard>`: A-LLMP autoregressive samples for every task of one shard."""
 
-import dataclasses
-
-from llmflow.allmp import SamplerConfig, sample_task
+from llmflow.allmp import AllmpConfig, sample_allmp
 from llmflow.expert import ExpertConfig, run_cached
-from llmflow.llm import choose_device, load_model, model_label
+from llmflow.device import choose_device
+from llmflow.llm import LLMConfig, load_model, model_label
 from llmflow.logs import log_errors
 from llmflow.tasks import task_seed
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
-    llm_cfg = snakemake.params.llm
+    llm_cfg = LLMConfig.from_config(snakemake.params.llm)
     expert_cfg = ExpertConfig.from_config(snakemake.params.expert)
-    base = SamplerConfig.from_config(snakemake.params.allmp)
-    device = choose_device(llm_cfg["device"], shard=int(snakemake.params.shard))
-    model, tokenizer = load_model(llm_cfg["model"], dtype=llm_cfg["dtype"], device=device)
-    name = model_label(llm_cfg["model"])
+    cfg = AllmpConfig.from_config(snakemake.params.allmp)
+    device = choose_device(llm_cfg.device, shard=int(snakemake.params.shard))
+    model, tokenizer = load_model(llm_cfg.model, dtype=llm_cfg.dtype, device=device)
+    name = model_label(llm_cfg.model)
 
     def sample(task):
         # A seed per task (root seed + task name), so shards may be regrouped freely.
-        cfg = dataclasses.replace(base, seed=task_seed(snakemake.params.seed, task.attrs["name"]))
-        return sample_task(model, tokenizer, task, expert_cfg, cfg, name)
+        return sample_allmp(model, tokenizer, task, expert_cfg, cfg, name, task_seed(snakemake.params.seed, task.attrs["name"]))
 
     run_cached(
         snakemake.input.tasks,
         snakemake.output,
-        {"model": name, "dtype": llm_cfg["dtype"], "expert": snakemake.params.expert,
+        {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert,
          "allmp": snakemake.params.allmp, "seed": snakemake.params.seed},
         sample,
         snakemake.params.cache,

@@ -1,19 +1,20 @@
 """Rule `expert_<shard>`: I-LLMP binned densities for every task of one shard."""
 
 from llmflow.expert import ExpertConfig, run_cached, task_expert
-from llmflow.llm import choose_device, load_model, model_label
+from llmflow.device import choose_device
+from llmflow.llm import LLMConfig, load_model, model_label
 from llmflow.logs import log_errors
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
-    llm_cfg, cfg = snakemake.params.llm, ExpertConfig.from_config(snakemake.params.expert)
-    device = choose_device(llm_cfg["device"], shard=int(snakemake.params.shard))
-    model, tokenizer = load_model(llm_cfg["model"], dtype=llm_cfg["dtype"], device=device)
-    name = model_label(llm_cfg["model"])
+    llm_cfg, cfg = LLMConfig.from_config(snakemake.params.llm), ExpertConfig.from_config(snakemake.params.expert)
+    device = choose_device(llm_cfg.device, shard=int(snakemake.params.shard))
+    model, tokenizer = load_model(llm_cfg.model, dtype=llm_cfg.dtype, device=device)
+    name = model_label(llm_cfg.model)
     log.info("model %s on %s", name, device)
     run_cached(
         snakemake.input.tasks,
         snakemake.output,
-        {"model": name, "dtype": llm_cfg["dtype"], "expert": snakemake.params.expert},
+        {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert},
         lambda task: task_expert(model, tokenizer, task, cfg, name),
         snakemake.params.cache,
         log,

@@ -6,7 +6,7 @@ from llmflow.train import train_config_from, run_training
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
     cfg = train_config_from(snakemake.params.train, snakemake.params.seed)
-    model_cfg = NDPConfig(x_dim=snakemake.params.x_dim, **snakemake.params.ndp)
+    model_cfg = NDPConfig.from_config(snakemake.params.ndp, x_dim=snakemake.params.x_dim)
     log.info("training %s with %s on device=%s", model_cfg, cfg, snakemake.params.device)
     result = run_training(
         snakemake.input.train, model_cfg, cfg,

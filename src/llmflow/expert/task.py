@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
 
 from llmflow.binned import store_dataset
+from llmflow.config import Section
 from llmflow.expert.numbers import format_number, to_llm_units
 from llmflow.expert.prompt import (PromptStyle, build_prompt, chat_wrapper, check_context,
                                    prepare_text, prompt_style)
@@ -23,7 +23,7 @@ from llmflow.io import write_zarr
 
 
 @dataclass(frozen=True)
-class ExpertConfig:
+class ExpertConfig(Section):
     """Settings of the I-LLMP expert (config section ``expert``); see the config schema.
 
     ``rescale``: ``auto`` (:func:`auto_affine`), ``none``, ``pow10`` (y multiplied by a power of
@@ -31,8 +31,11 @@ class ExpertConfig:
     keep their meaning, only the point moves); or an explicit ``{"scale": a, "shift": b}`` with
     y_llm = (y - b) / a. ``max_nodes``/``threshold``: the trie's budget of expanded prefixes and
     the least probability worth expanding (:func:`~llmflow.expert.trie.binned_distribution`).
+    ``shards``: how many jobs the workflow deals the tasks over (one model load each).
     """
 
+    KEY: ClassVar[str] = "expert"
+    shards: int = 1
     style: str = "default"
     decimals: int | None = None
     x_decimals: int | None = None
@@ -53,11 +56,6 @@ class ExpertConfig:
     rescale: Any = "auto"
     rescale_digits: int = 1
     batch_size: int = 64
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> ExpertConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in section.items() if k in names})
 
     def prompt_style(self) -> PromptStyle:
         return prompt_style(self.style, decimals=self.decimals, x_decimals=self.x_decimals,
