@@ -1,4 +1,4 @@
-"""Rule `allmp_<shard>`: A-LLMP autoregressive samples for every task of one shard."""
+"""Rule `allmp`: A-LLMP autoregressive samples for every task of one shard (wildcard `shard`)."""
 
 import dataclasses
 
@@ -12,9 +12,10 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     llm_cfg = snakemake.params.llm
     expert_cfg = ExpertConfig.from_config(snakemake.params.expert)
     base = SamplerConfig.from_config(snakemake.params.allmp)
-    device = choose_device(llm_cfg["device"], shard=int(snakemake.params.shard))
+    device = choose_device(llm_cfg["device"], shard=int(snakemake.wildcards.shard))
     model, tokenizer = load_model(llm_cfg["model"], dtype=llm_cfg["dtype"], device=device)
     name = model_label(llm_cfg["model"])
+    log.info("model %s on %s, writing %s", name, device, " ".join(snakemake.params.stores))
 
     def sample(task):
         # A seed per task (root seed + task name), so shards may be regrouped freely.
@@ -23,7 +24,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
 
     run_cached(
         snakemake.input.tasks,
-        snakemake.output,
+        snakemake.params.stores,
         {"model": name, "dtype": llm_cfg["dtype"], "expert": snakemake.params.expert,
          "allmp": snakemake.params.allmp, "seed": snakemake.params.seed},
         sample,

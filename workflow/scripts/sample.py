@@ -16,7 +16,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     seed = task_seed(p.seed, task.name)
     n = p.sample["n_samples"]
     ndp = sample_task(model, task, frame, n, p.sampler, seed)
-    llm_ndp = sample_llm_ndp(model, task, frame, xr.open_zarr(snakemake.input.expert), n, p.sample, p.sampler, seed)
+    llm_ndp = sample_llm_ndp(model, task, frame, xr.open_zarr(p.expert), n, p.sample, p.sampler, seed)
     write_zarr(samples_dataset(task, ndp, "ndp"), snakemake.output.ndp)
     write_zarr(samples_dataset(task, llm_ndp, "llm-ndp", expert_weight=p.sample["expert_weight"], expert_fade=p.sample["expert_fade"]),
                snakemake.output.llm_ndp)
