@@ -34,8 +34,10 @@ GP_ORACLE = {"csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_or
 # An embedded LLM is materialised into LLM_MODELS; any other llm.model is a local folder.
 LLM_MODELS = "results/models/{model}"
 LLM_FOLDER = LLM_MODELS.format(model=config["llm"]["model"]) if config["llm"]["model"] in EMBEDDED else config["llm"]["model"]
-# The LLM stages (rules expert and allmp) write one folder per shard of tasks, <task>.zarr in
-# it; finished tasks are also cached, so a killed job redoes only the tasks it had not finished.
+# The LLM stages (rules expert and allmp) run one job per shard of tasks (SHARDS, below), the
+# model loaded once a job. A rule's outputs must follow from its wildcards and a shard's task
+# list does not, so a job writes one folder, shard-<k>, with a <task>.zarr per task (made_by and
+# store find a task's). Finished tasks are also cached: a killed job redoes only the rest.
 SHARD_FOLDER = {"expert": f"results/expert/{MODEL_LABEL}/shard-{{shard}}", "allmp": "results/samples/a-llmp/shard-{shard}"}
 LLM_CACHE = {"expert": f"results/expert/{MODEL_LABEL}/.cache", "allmp": f"results/samples/.cache-a-llmp/{MODEL_LABEL}"}
 SAMPLE_STORE = "results/samples/{task}/{method}.zarr"
