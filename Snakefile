@@ -29,16 +29,11 @@ include: "workflow/rules/prior.smk"
 include: "workflow/rules/tasks.smk"
 include: "workflow/rules/llm.smk"
 include: "workflow/rules/expert.smk"
+include: "workflow/rules/allmp.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/bench.smk"
-
-
-# What your tasks (tasks.user) need: predictions CSVs and a figure per task.
-USER_OUTPUTS = [f"results/predictions/{t}/{m}.csv" for t in USER_TASKS for m in TASK_METHODS[t]] + [
-    f"results/figures/{t}.png" for t in USER_TASKS
-]
 
 
 rule all:
@@ -48,10 +43,10 @@ rule all:
         PRIOR_SHARDS["val"],
         PRIOR_SHARDS["test"],
         TASK_STORES,
-        "results/ndp/model.pt",
-        "results/bench/gp_oracle.csv",
-        "results/metrics/summary.csv",
-        "results/figures/fig1.png",
+        NDP_MODEL,
+        GP_ORACLE["csv"],
+        SUMMARY["csv"],
+        figure("fig1"),
         USER_OUTPUTS,
 
 

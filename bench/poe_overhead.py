@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--model", default=None, help="trained model.pt (default: fresh NDP of the config's size)")
-    parser.add_argument("--expert", default=None, help="an expert-stage store (results/expert/<model>/<task>.zarr)")
+    parser.add_argument("--expert", default=None, help="an expert-stage store (results/expert/<model>/shard-<k>/<task>.zarr)")
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--context", type=int, default=10)
     parser.add_argument("--targets", type=int, default=40)

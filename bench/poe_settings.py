@@ -3,7 +3,7 @@
 ``bench/text_conditioning.py`` picks the prompt and (λ, T) on the four text tasks; this one asks
 what those settings cost on the rest. For each setting (λ = ``expert_weight``, T =
 ``expert_temperature``, s = ``expert_fade``) it draws LLM-NDP on every task of the run from the
-run's own expert stores (``results/expert/<model>/<task>.zarr``) and trained NDP, with the run's
+run's own expert stores (``results/expert/<model>/shard-<k>/<task>.zarr``) and trained NDP, with the run's
 seeds, and reports per family the mean CRPS and 90% coverage (truth known) and the text
 constraint rate, next to NDP alone. Nothing is recomputed by the LLM.
 
@@ -91,11 +91,12 @@ def main() -> None:
     res = Path(args.results)
     model_name = Path(config["llm"]["model"]).name
     names = task_names(config)
-    missing = [n for n in names if not (res / "expert" / model_name / f"{n}.zarr").exists()]
+    stores = {p.stem: p for p in (res / "expert" / model_name).glob("shard-*/*.zarr")}
+    missing = [n for n in names if n not in stores]
     if missing:
         raise SystemExit(f"{res}/expert/{model_name}: no expert store for {missing}; run the pipeline first")
     tasks = [Task.from_dataset(xr.open_zarr(res / "tasks" / f"{n}.zarr")) for n in names]
-    experts = {n: xr.open_zarr(res / "expert" / model_name / f"{n}.zarr").load() for n in names}
+    experts = {n: xr.open_zarr(stores[n]).load() for n in names}
     ndp = TrainedNDP.load(res / "ndp" / "model.pt")
     n_samples = args.n_samples or config["sample"]["n_samples"]
     frames = []

@@ -3,7 +3,7 @@
     .venv/bin/python bench/smc_coverage.py --run . --model results/ndp/model.pt [--samples 128]
 
 Reads every task store under ``<run>/results/tasks`` that has an expert store under
-``<run>/results/expert/<model>/``, draws LLM-NDP samples with the guided ODE and with
+``<run>/results/expert/<model>/shard-*/``, draws LLM-NDP samples with the guided ODE and with
 ``llmflow.smc`` from the same seeds and settings (the config's ``sampler`` and ``sample``
 sections), and prints per task and on average: coverage of the central 50% / 90% intervals,
 CRPS, and the text constraint rate where the task has one. Ends with one line
@@ -45,7 +45,7 @@ def main() -> None:
     model = TrainedNDP.load(args.model)
     run = Path(args.run)
     rows = []
-    for store in sorted((run / "results/expert" / args.llm).glob("*.zarr")):
+    for store in sorted((run / "results/expert" / args.llm).glob("shard-*/*.zarr")):
         task_path = run / "results/tasks" / store.name
         if not task_path.exists():
             continue

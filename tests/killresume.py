@@ -173,7 +173,7 @@ def unreadable_stores(results: Path) -> list[str]:
 STAGES = (
     (r"results/prior/", "prior"), (r"results/tasks/", "tasks"), (r"results/models/", "llm_model"),
     (r"results/ndp/", "train"), (r"results/expert/", "expert"), (r"results/bench/", "gp_oracle"),
-    (r"results/samples/[^/]+/a-llmp\.zarr", "a-llmp"), (r"results/samples/", "sample"),
+    (r"results/samples/a-llmp/", "a-llmp"), (r"results/samples/", "sample"),
     (r"results/(metrics|predictions|figures)/", "evaluate"),
 )
 
@@ -197,3 +197,16 @@ def incomplete_outputs(workdir: Path) -> set[str]:
 def interrupted(workdir: Path) -> set[str]:
     """Stages with a job that the kill cut short."""
     return {next(stage for pattern, stage in STAGES if re.match(pattern, out)) for out in incomplete_outputs(workdir)}
+
+
+def cut_expert_stores(workdir: Path) -> set[str]:
+    """The stores that the expert jobs cut short by the kill were to write. Such a job's output is
+    its shard's folder (results/expert/<model>/shard-<k>); its log (logs/expert/<model>/shard-<k>.log)
+    names the stores once the model is loaded, before any task is computed."""
+    stores = set()
+    for folder in incomplete_outputs(workdir):
+        log = workdir / "logs" / f"{folder.removeprefix('results/')}.log"
+        if folder.startswith("results/expert/") and log.exists():
+            if listed := re.search(r"writing (.+)", log.read_text()):
+                stores |= set(listed.group(1).split())
+    return stores

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from conftest import copy_workflow
-from killresume import (RESUME_ARGS, RUN_ARGS, KillPoint, digest_tree, incomplete_outputs, interrupted, run_attempt,
+from killresume import (RESUME_ARGS, RUN_ARGS, KillPoint, cut_expert_stores, digest_tree, interrupted, run_attempt,
                         unlock, unreadable_stores)
 
 SEED = 6
@@ -51,9 +51,9 @@ def test_killed_pipeline_resumes_to_identical_results(tiny_run: Path, tmp_path: 
         if "train" in stages:
             checkpoint_steps += [int(p.stem.split("-")[1]) for p in workdir.glob("results/ndp/checkpoints/step-*.pt")]
         if "expert" in stages:  # the tasks a cut expert job had finished (<task>-<fingerprint>.zarr)
-            cut = incomplete_outputs(workdir)
+            cut = {(Path(s).parent.parent, Path(s).stem) for s in cut_expert_stores(workdir)}  # (model folder, task)
             cached |= {str(p.relative_to(workdir)) for p in workdir.glob("results/expert/*/.cache/*.zarr")
-                       if str((p.parent.parent / f"{p.stem.rsplit('-', 1)[0]}.zarr").relative_to(workdir)) in cut}
+                       if (p.parent.parent.relative_to(workdir), p.stem.rsplit("-", 1)[0]) in cut}
         unlock(workdir)
         args = RESUME_ARGS
     final = run_attempt(workdir, args, None, 0.0)

@@ -8,7 +8,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from conftest import snakemake
+from conftest import REPO, snakemake
 
 
 def test_lint_is_clean(workflow_copy: Path):
@@ -16,9 +16,56 @@ def test_lint_is_clean(workflow_copy: Path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_slurm_profile_dry_run(workflow_copy: Path):
-    result = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm-gpu")
+def test_results_paths_are_spelled_only_in_common_smk():
+    # Rules take their paths from common.smk's names, scripts from snakemake.input/output/params.
+    files = [REPO / "Snakefile", *REPO.glob("workflow/rules/*.smk"), *REPO.glob("workflow/scripts/*.py")]
+    spelled = [f.name for f in files if "results/" in f.read_text() and f.name != "common.smk"]
+    assert not spelled
+
+
+def test_every_report_item_has_a_caption():
+    items = [(smk, call) for smk in REPO.glob("workflow/rules/*.smk") for call in re.findall(r"\breport\((.*)\)", smk.read_text())]
+    assert len(items) >= 7  # summary, fig1, fig2, calibration, a user task's figure, training curve, GP oracle
+    for smk, call in items:
+        caption = re.search(r'caption="([^"]+)"', call)
+        assert caption and (smk.parent / caption.group(1)).read_text().strip(), (smk.name, call)
+
+
+def _dry_run_jobs(stdout: str) -> list[dict[str, str]]:
+    """The jobs a dry run lists: each one's rule and its fields (input, output, wildcards, ...)."""
+    jobs = []
+    for line in stdout.splitlines():
+        if start := re.fullmatch(r"(?:local)?rule (\w+):", line):
+            jobs.append({"rule": start.group(1)})
+        elif jobs and (field := re.fullmatch(r"    (\w+): (.*)", line)):
+            jobs[-1][field.group(1)] = field.group(2)
+    return jobs
+
+
+def _pairs(field: str) -> dict[str, str]:
+    """`a=1, b=x` (a dry run's wildcards or resources) as a dict."""
+    return dict(pair.split("=", 1) for pair in field.split(", ")) if field else {}
+
+
+def test_slurm_profile_gives_every_llm_job_a_gpu(workflow_copy: Path):
+    # 20 shards of 23 built-in tasks, the user task on its own shard 20: more shards than any
+    # list of per-shard rule names would have held.
+    def edit(config):
+        config["tasks"]["gp"]["per_kernel"] = 20
+        config["expert"]["shards"] = 20
+
+    _break_config(workflow_copy, edit)
+    result = snakemake(workflow_copy, "-n", "--profile", "profiles/slurm-gpu", "--configfile", "tests/config.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [job for job in _dry_run_jobs(result.stdout) if job["rule"] != "all"]
+    for rule in ("expert", "allmp"):
+        assert sorted(int(_pairs(j["wildcards"])["shard"]) for j in jobs if j["rule"] == rule) == list(range(21))
+    for job in jobs:
+        resources = _pairs(job.get("resources", ""))
+        if job["rule"] in ("train", "gp_oracle", "expert", "allmp"):
+            assert (resources.get("gpu"), resources["slurm_partition"]) == ("1", "CHANGE_ME_gpu_partition"), job
+        else:
+            assert (resources.get("gpu", "0"), resources["slurm_partition"]) == ("0", "CHANGE_ME_cpu_partition"), job
 
 
 def test_allmp_tasks_limits_a_llmp_to_matching_tasks(workflow_copy: Path):
@@ -26,7 +73,8 @@ def test_allmp_tasks_limits_a_llmp_to_matching_tasks(workflow_copy: Path):
     result = snakemake(workflow_copy, "-n", "--forceall", "--configfile", "tests/config.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
-    sampled = set(re.findall(r"results/samples/([\w-]+)/a-llmp\.zarr", out))
+    sampled = {Path(t).stem for job in _dry_run_jobs(result.stdout) if job["rule"] == "allmp"
+               for t in job["input"].split(", ") if t.startswith("results/tasks/")}
     assert sampled == {"text-zero_after_30", "user-temperature"}
     exported = set(re.findall(r"results/predictions/([\w-]+)/a-llmp\.csv", out))
     assert exported == sampled
@@ -72,10 +120,11 @@ def test_tiny_run_scores_every_method_on_every_task(tiny_run: Path):
 
 def test_tiny_run_samples_and_predictions(tiny_run: Path):
     task = xr.open_zarr(tiny_run / "results/tasks/synth-sine.zarr")
-    for method in ("ndp", "llm-ndp", "a-llmp"):
-        ds = xr.open_zarr(tiny_run / f"results/samples/synth-sine/{method}.zarr")
+    # expert.shards = 2 deals gp-se-000, synth-sine, text-zero_after_30, real-nile over shards 0, 1
+    for store in ("samples/synth-sine/ndp.zarr", "samples/synth-sine/llm-ndp.zarr", "samples/a-llmp/shard-1/synth-sine.zarr"):
+        ds = xr.open_zarr(tiny_run / "results" / store)
         assert ds["y"].dims == ("sample", "target") and ds.sizes["target"] == task.sizes["target"]
-    expert = xr.open_zarr(tiny_run / "results/expert/smollm2-135m/synth-sine.zarr")
+    expert = xr.open_zarr(tiny_run / "results/expert/smollm2-135m/shard-1/synth-sine.zarr")
     mass = np.exp(expert["logp"]).sum("bin") + expert["lost_mass"]
     np.testing.assert_allclose(mass.values, 1.0, atol=1e-9)
     for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp"):
@@ -103,6 +152,8 @@ def test_figures_redraw_identically_and_report_holds_them(tiny_run: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tiny_run / "report.html").read_text(errors="replace")
     assert "fig1.png" in report and "summary.csv" in report
+    for caption in (REPO / "workflow/report").glob("*.rst"):  # each caption's opening words
+        assert " ".join(caption.read_text().split()[:3]) in report, caption.name
 
 
 def _break_config(workdir: Path, edit) -> None:
@@ -153,9 +204,11 @@ def test_predict_runs_only_what_the_user_tasks_need(predict_run):
     assert cached and all(s.rsplit("/", 1)[1].startswith("user-temperature-") for s in cached)
     stores -= cached
     assert {s for s in stores if s.startswith("results/tasks/")} == {"results/tasks/user-temperature.zarr"}
-    assert {s for s in stores if s.startswith("results/expert/")} == {"results/expert/smollm2-135m/user-temperature.zarr"}
+    # the user task's LLM shard is numbered after the expert.shards = 2 shards of the built-in tasks
+    assert {s for s in stores if s.startswith("results/expert/")} == {"results/expert/smollm2-135m/shard-2/user-temperature.zarr"}
     assert {s for s in stores if s.startswith("results/samples/")} == {
-        f"results/samples/user-temperature/{m}.zarr" for m in ("ndp", "llm-ndp", "a-llmp")}
+        "results/samples/user-temperature/ndp.zarr", "results/samples/user-temperature/llm-ndp.zarr",
+        "results/samples/a-llmp/shard-2/user-temperature.zarr"}
     assert not any(f.startswith(("results/prior/test/", "results/bench/", "results/metrics/")) for f in files)
     assert {f for f in files if f.startswith(("results/predictions/", "results/figures/"))} == {
         *(f"results/predictions/user-temperature/{m}.csv" for m in ("ndp", "i-llmp", "a-llmp", "llm-ndp")),
@@ -194,7 +247,7 @@ def test_nested_command_line_overrides_are_typed(workflow_copy: Path):
                        "--config", 'sample={"n_samples": 8}', 'expert={"shards": 3}')
     assert result.returncode == 0, result.stderr[-3000:]
     # three shards of the built-in tasks (gp, synth, text, real), the user task on its own
-    assert {int(k) for k in re.findall(r"rule expert_(\d+):", result.stdout)} == {0, 1, 2, 3}
+    assert {int(_pairs(j["wildcards"])["shard"]) for j in _dry_run_jobs(result.stdout) if j["rule"] == "expert"} == {0, 1, 2, 3}
     result = snakemake(workflow_copy, "-n", "--configfile", "tests/config.yaml", "--config", 'sample={"n_samples": "eight"}')
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "config error: sample.n_samples: 'eight' is not of type 'integer'"

@@ -33,7 +33,7 @@ No gradient of the LLM is taken: the bins are data.
 Bins live in the data's units; :meth:`BinnedDensity.affine` maps them into the NDP's model
 units (probabilities are unchanged, edges move with the data).
 
-The expert store (``results/expert/<model>/<task>.zarr``) is written by :func:`store_dataset`
+The expert store (``results/expert/<model>/shard-<k>/<task>.zarr``) is written by :func:`store_dataset`
 and read by :meth:`BinnedDensity.from_store`, which refuses a store whose targets are not its
 task's.
 """

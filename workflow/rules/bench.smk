@@ -1,11 +1,11 @@
 rule gp_oracle:
     """GP-oracle benchmark: NDP vs the exact GP posterior (and the Bayes mixture on prior draws)."""
     input:
-        model="results/ndp/model.pt",
+        model=NDP_MODEL,
         mixture=PRIOR_SHARDS["test"],
     output:
-        csv="results/bench/gp_oracle.csv",
-        table="results/bench/gp_oracle.txt",
+        csv=report(GP_ORACLE["csv"], caption="../report/gp_oracle.rst", category="Benchmark"),
+        table=GP_ORACLE["table"],
     log:
         "logs/bench/gp_oracle.log",
     params:

@@ -1,24 +1,54 @@
-# Names shared by the rules: every output path is computed here from the validated config.
+# Names shared by the rules, computed from the validated config. Every path under results/ is
+# spelled here once; rules hand the paths to scripts (snakemake.input/output/params), so no
+# script builds one.
 import re
 
+from llmflow.evaluate import METHODS, SAMPLE_METHODS, allmp_tasks
+from llmflow.llm import EMBEDDED, model_label
 from llmflow.prior import SPLITS
 from llmflow.tasks import task_names
 
-PRIOR_SHARDS = {
-    split: [f"results/prior/{split}/shard-{k}.zarr" for k in range(config["prior"]["shards"][split])]
-    for split in SPLITS
-}
-
 TASKS = task_names(config)
-TASK_STORES = [f"results/tasks/{task}.zarr" for task in TASKS]
 USER_TASKS = [t for t in TASKS if t.startswith("user-")]
 BUILTIN_TASKS = [t for t in TASKS if not t.startswith("user-")]
 USER_CSVS = {f"user-{u['name']}": [u["csv"]] for u in config["tasks"]["user"]}
-
-from llmflow.evaluate import METHODS, SAMPLE_METHODS, allmp_tasks
-from llmflow.llm import model_label
-
+# A-LLMP samples only the tasks matching allmp.tasks (its cost on CPU: README, "Run time").
+ALLMP_TASKS = allmp_tasks(TASKS, config["allmp"]["tasks"])
+# Methods of each task (A-LLMP only where it ran), and those of them with sample stores.
+TASK_METHODS = {t: [m for m in METHODS if m != "a-llmp" or t in ALLMP_TASKS] for t in TASKS}
+TASK_SAMPLES = {t: [m for m in TASK_METHODS[t] if m in SAMPLE_METHODS] for t in TASKS}
 MODEL_LABEL = model_label(config["llm"]["model"])
+
+# --- paths ------------------------------------------------------------------------------------
+PRIOR_SHARD = "results/prior/{split}/shard-{shard}.zarr"
+PRIOR_SHARDS = {
+    split: [PRIOR_SHARD.format(split=split, shard=k) for k in range(config["prior"]["shards"][split])]
+    for split in SPLITS
+}
+TASK_STORE = "results/tasks/{task}.zarr"
+TASK_STORES = [TASK_STORE.format(task=t) for t in TASKS]
+NDP_MODEL = "results/ndp/model.pt"
+NDP_CHECKPOINTS = "results/ndp/checkpoints"
+TRAIN_CURVE = {"csv": "results/ndp/train_curve.csv", "png": "results/ndp/train_curve.png"}
+GP_ORACLE = {"csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_oracle.txt"}
+# An embedded LLM is materialised into LLM_MODELS; any other llm.model is a local folder.
+LLM_MODELS = "results/models/{model}"
+LLM_FOLDER = LLM_MODELS.format(model=config["llm"]["model"]) if config["llm"]["model"] in EMBEDDED else config["llm"]["model"]
+# The LLM stages (rules expert and allmp) run one job per shard of tasks (SHARDS, below), the
+# model loaded once a job. A rule's outputs must follow from its wildcards and a shard's task
+# list does not, so a job writes one folder, shard-<k>, with a <task>.zarr per task (made_by and
+# store find a task's). Finished tasks are also cached: a killed job redoes only the rest.
+SHARD_FOLDER = {"expert": f"results/expert/{MODEL_LABEL}/shard-{{shard}}", "allmp": "results/samples/a-llmp/shard-{shard}"}
+LLM_CACHE = {"expert": f"results/expert/{MODEL_LABEL}/.cache", "allmp": f"results/samples/.cache-a-llmp/{MODEL_LABEL}"}
+SAMPLE_STORE = "results/samples/{task}/{method}.zarr"
+PREDICTIONS = "results/predictions/{task}"  # llmflow.evaluate.write_predictions writes PREDICTION files into it
+PREDICTION = "results/predictions/{task}/{method}.csv"
+SUMMARY = {"csv": "results/metrics/summary.csv", "md": "results/metrics/summary.md"}
+
+
+def figure(name, ext="png"):
+    """A figure's path (llmflow.plots.save writes the PDF next to each PNG)."""
+    return f"results/figures/{name}.{ext}"
 
 
 def shards(tasks):
@@ -33,10 +63,37 @@ def shards(tasks):
     return out
 
 
-EXPERT_SHARDS = shards(TASKS)
-# A-LLMP samples only the tasks matching allmp.tasks (its cost on CPU: README, "Run time").
-ALLMP_TASKS = allmp_tasks(TASKS, config["allmp"]["tasks"])
-ALLMP_SHARDS = shards(ALLMP_TASKS)
-# Methods of each task (A-LLMP only where it ran), and those of them with sample stores.
-TASK_METHODS = {t: [m for m in METHODS if m != "a-llmp" or t in ALLMP_TASKS] for t in TASKS}
-TASK_SAMPLES = {t: [m for m in TASK_METHODS[t] if m in SAMPLE_METHODS] for t in TASKS}
+SHARDS = {"expert": shards(TASKS), "allmp": shards(ALLMP_TASKS)}
+SHARD_OF = {stage: {t: k for k, ts in s.items() for t in ts} for stage, s in SHARDS.items()}
+LLM_RULE = {"i-llmp": "expert", "a-llmp": "allmp"}  # method → the LLM stage's rule writing its results
+
+
+def made_by(task, method):
+    """The output of the job that writes `task`'s `method` result: its shard's folder for the LLM
+    stages, else the store itself."""
+    if method in LLM_RULE:
+        stage = LLM_RULE[method]
+        return SHARD_FOLDER[stage].format(shard=SHARD_OF[stage][task])
+    return SAMPLE_STORE.format(task=task, method=method)
+
+
+def store(task, method):
+    """The zarr store of `task`'s `method` result: I-LLMP densities ("i-llmp") or samples."""
+    return f"{made_by(task, method)}/{task}.zarr" if method in LLM_RULE else made_by(task, method)
+
+
+def results_of(tasks):
+    """Every job output holding a method result of `tasks`, once each (a shard folder holds several)."""
+    return list(dict.fromkeys(made_by(t, m) for t in tasks for m in TASK_METHODS[t]))
+
+
+def shard_tasks(stage, method=None):
+    """Input/params function of an LLM stage's job (wildcard `shard`): its tasks' stores, or with
+    `method` the stores it writes, in the same order."""
+    return lambda wc: [store(t, method) if method else TASK_STORE.format(task=t) for t in SHARDS[stage][int(wc.shard)]]
+
+
+# What your tasks (tasks.user) need: predictions CSVs and a figure per task.
+USER_OUTPUTS = [PREDICTION.format(task=t, method=m) for t in USER_TASKS for m in TASK_METHODS[t]] + [
+    figure(t) for t in USER_TASKS
+]

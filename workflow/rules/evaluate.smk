@@ -3,18 +3,18 @@ rule evaluate:
     the built-in tasks (a user task's comes from its rule user_<name>, below)."""
     input:
         tasks=TASK_STORES,
-        samples=[f"results/samples/{t}/{m}.zarr" for t in TASKS for m in TASK_SAMPLES[t]],
-        experts=[f"results/expert/{MODEL_LABEL}/{t}.zarr" for t in TASKS],
+        results=results_of(TASKS),
     output:
-        summary=report("results/metrics/summary.csv", category="Metrics"),
-        table="results/metrics/summary.md",
-        predictions=[f"results/predictions/{t}/{m}.csv" for t in BUILTIN_TASKS for m in TASK_METHODS[t]],
+        summary=report(SUMMARY["csv"], caption="../report/summary.rst", category="Metrics"),
+        table=SUMMARY["md"],
+        predictions=[PREDICTION.format(task=t, method=m) for t in BUILTIN_TASKS for m in TASK_METHODS[t]],
     log:
         "logs/evaluate.log",
     params:
         tasks=TASKS,
-        methods=TASK_SAMPLES,
-        export=BUILTIN_TASKS,
+        samples={t: {m: store(t, m) for m in TASK_SAMPLES[t]} for t in TASKS},
+        experts=[store(t, "i-llmp") for t in TASKS],
+        predictions={t: PREDICTIONS.format(task=t) for t in BUILTIN_TASKS},
     conda:
         "../../envs/llmflow.yaml"
     script:
@@ -24,20 +24,20 @@ rule evaluate:
 rule figures:
     """Fig. 1, Fig. 2 and calibration (PNG + PDF)."""
     input:
-        model="results/ndp/model.pt",
-        summary="results/metrics/summary.csv",
+        model=NDP_MODEL,
+        summary=SUMMARY["csv"],
         tasks=TASK_STORES,
-        samples=[f"results/samples/{t}/{m}.zarr" for t in TASKS for m in TASK_SAMPLES[t]],
-        experts=[f"results/expert/{MODEL_LABEL}/{t}.zarr" for t in TASKS],
+        results=results_of(TASKS),
     output:
-        fig1=report("results/figures/fig1.png", category="Figures"),
-        fig2=report("results/figures/fig2.png", category="Figures"),
-        calibration=report("results/figures/calibration.png", category="Figures"),
+        fig1=report(figure("fig1"), caption="../report/fig1.rst", category="Figures"),
+        fig2=report(figure("fig2"), caption="../report/fig2.rst", category="Figures"),
+        calibration=report(figure("calibration"), caption="../report/calibration.rst", category="Figures"),
     log:
         "logs/figures.log",
     params:
         tasks=TASKS,
-        methods=TASK_SAMPLES,
+        samples={t: {m: store(t, m) for m in TASK_SAMPLES[t]} for t in TASKS},
+        experts=[store(t, "i-llmp") for t in TASKS],
         figure_task=config["figures"]["task"],
         sampler=config["sampler"],
         x_range=config["prior"]["x_range"],
@@ -56,18 +56,18 @@ for _task in USER_TASKS:
         name:
             f"user_{_task.removeprefix('user-')}"
         input:
-            task=f"results/tasks/{_task}.zarr",
-            samples=[f"results/samples/{_task}/{m}.zarr" for m in TASK_SAMPLES[_task]],
-            expert=f"results/expert/{MODEL_LABEL}/{_task}.zarr",
+            task=TASK_STORE.format(task=_task),
+            results=results_of([_task]),
         output:
-            predictions=[f"results/predictions/{_task}/{m}.csv" for m in TASK_METHODS[_task]],
-            figure=report(f"results/figures/{_task}.png", category="Your tasks"),
-            pdf=f"results/figures/{_task}.pdf",
+            predictions=[PREDICTION.format(task=_task, method=m) for m in TASK_METHODS[_task]],
+            figure=report(figure(_task), caption="../report/user_task.rst", category="Your tasks"),
+            pdf=figure(_task, "pdf"),
         log:
             f"logs/predict/{_task}.log",
         params:
-            methods=TASK_SAMPLES[_task],
-            folder=f"results/predictions/{_task}",
+            samples={m: store(_task, m) for m in TASK_SAMPLES[_task]},
+            expert=store(_task, "i-llmp"),
+            predictions=PREDICTIONS.format(task=_task),
         conda:
             "../../envs/llmflow.yaml"
         script:

@@ -1,11 +1,11 @@
 rule prior:
     """One shard of GP prior draws (deterministic per seed, split and shard index)."""
     output:
-        directory("results/prior/{split}/shard-{shard}.zarr"),
+        directory(PRIOR_SHARD),
     log:
         "logs/prior/{split}/shard-{shard}.log",
     wildcard_constraints:
-        split="train|val|test",
+        split="|".join(SPLITS),
         shard=r"\d+",
     params:
         seed=config["seed"],

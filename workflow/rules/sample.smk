@@ -1,15 +1,18 @@
 rule sample:
-    """NDP and LLM-NDP joint samples for one task (A-LLMP samples come from the expert stage)."""
+    """NDP and LLM-NDP joint samples for one task (A-LLMP's come from rule allmp)."""
     input:
-        model="results/ndp/model.pt",
-        task="results/tasks/{task}.zarr",
-        expert=f"results/expert/{MODEL_LABEL}/{{task}}.zarr",
+        model=NDP_MODEL,
+        task=TASK_STORE,
+        expert=lambda wc: made_by(wc.task, "i-llmp"),
     output:
-        ndp=directory("results/samples/{task}/ndp.zarr"),
-        llm_ndp=directory("results/samples/{task}/llm-ndp.zarr"),
+        ndp=directory(SAMPLE_STORE.format(task="{task}", method="ndp")),
+        llm_ndp=directory(SAMPLE_STORE.format(task="{task}", method="llm-ndp")),
     log:
         "logs/sample/{task}.log",
+    wildcard_constraints:
+        task="|".join(map(re.escape, TASKS)),
     params:
+        expert=lambda wc: store(wc.task, "i-llmp"),
         seed=config["seed"],
         sample=config["sample"],
         sampler=config["sampler"],

@@ -1,7 +1,7 @@
 rule tasks:
     """One evaluation task: context/target split, text, and any checkable constraint."""
     output:
-        directory("results/tasks/{task}.zarr"),
+        directory(TASK_STORE),
     log:
         "logs/tasks/{task}.log",
     wildcard_constraints:

@@ -1,5 +1,5 @@
 rule train:
-    """Train the NDP on the prior's train split; resumes from results/ndp/checkpoints after a kill.
+    """Train the NDP on the prior's train split; resumes from its last checkpoint after a kill.
 
     Wants one GPU at paper scale (the slurm-gpu profile gives it one); CPU otherwise.
     The checkpoint folder is deliberately not an output, so a failed job keeps it for the retry.
@@ -8,9 +8,9 @@ rule train:
         train=PRIOR_SHARDS["train"],
         val=PRIOR_SHARDS["val"],
     output:
-        model="results/ndp/model.pt",
-        curve_csv="results/ndp/train_curve.csv",
-        curve_png="results/ndp/train_curve.png",
+        model=NDP_MODEL,
+        curve_csv=TRAIN_CURVE["csv"],
+        curve_png=report(TRAIN_CURVE["png"], caption="../report/train_curve.rst", category="Training"),
     log:
         "logs/ndp/train.log",
     params:
@@ -19,7 +19,7 @@ rule train:
         x_dim=config["prior"]["x_dim"],
         seed=config["seed"],
         device=config["device"],
-        checkpoint_dir="results/ndp/checkpoints",
+        checkpoint_dir=NDP_CHECKPOINTS,
     threads: config["train"]["threads"]
     conda:
         "../../envs/llmflow.yaml"

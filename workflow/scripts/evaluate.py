@@ -11,15 +11,16 @@ from llmflow.logs import log_errors
 from llmflow.tasks import Task
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
+    params = snakemake.params
     rows = []
-    for i, name in enumerate(snakemake.params.tasks):
-        task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
-        samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in snakemake.params.methods[name]}
-        bins = BinnedDensity.from_store(snakemake.input.experts[i], task)
+    for name, task_path, expert in zip(params.tasks, snakemake.input.tasks, params.experts):
+        task = Task.from_dataset(xr.open_zarr(task_path))
+        samples = {m: xr.open_zarr(path)["y"].values for m, path in params.samples[name].items()}
+        bins = BinnedDensity.from_store(expert, task)
         rows += task_rows(task, samples, bins)
-        if name in snakemake.params.export:
-            write_predictions(task, samples, bins, f"results/predictions/{name}")
+        if name in params.predictions:
+            write_predictions(task, samples, bins, params.predictions[name])
     summary = pd.DataFrame(rows, columns=["task", "family", "method", "metric", "value"])
     write_file(snakemake.output.summary, lambda p: summary.to_csv(p, index=False, float_format="%.6g"))
     write_file(snakemake.output.table, lambda p: p.write_text(summary_markdown(summary)))
-    log.info("scored %d tasks: %d rows", len(snakemake.params.tasks), len(summary))
+    log.info("scored %d tasks: %d rows", len(params.tasks), len(summary))

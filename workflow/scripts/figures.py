@@ -18,8 +18,8 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     def load(name):
         i = p.tasks.index(name)
         task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
-        samples = {m: xr.open_zarr(f"results/samples/{name}/{m}.zarr")["y"].values for m in snakemake.params.methods[name]}
-        return task, samples, BinnedDensity.from_store(snakemake.input.experts[i], task)
+        samples = {m: xr.open_zarr(path)["y"].values for m, path in p.samples[name].items()}
+        return task, samples, BinnedDensity.from_store(p.experts[i], task)
 
     if p.figure_task not in p.tasks:
         raise ValueError(f"figures.task: {p.figure_task!r} is not one of the configured tasks")

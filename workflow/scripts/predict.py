@@ -10,9 +10,9 @@ from llmflow.tasks import Task
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
     task = Task.from_dataset(xr.open_zarr(snakemake.input.task))
-    samples = {m: xr.open_zarr(path)["y"].values for m, path in zip(snakemake.params.methods, snakemake.input.samples)}
-    bins = BinnedDensity.from_store(snakemake.input.expert, task)
-    write_predictions(task, samples, bins, snakemake.params.folder)
+    samples = {m: xr.open_zarr(path)["y"].values for m, path in snakemake.params.samples.items()}
+    bins = BinnedDensity.from_store(snakemake.params.expert, task)
+    write_predictions(task, samples, bins, snakemake.params.predictions)
     plots.task_figure(task, samples, bins, snakemake.output.figure)
     log.info("wrote %d predictions CSVs and %s for %s (%d targets)", len(snakemake.output.predictions),
              snakemake.output.figure, task.name, len(task.y_target))

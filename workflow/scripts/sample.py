@@ -18,7 +18,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     frame = TaskFrame.fit(task, tuple(p.x_range), cfg.y_scale_min)
     seed = task_seed(p.seed, task.name)
     ndp = sample_task(model, task, frame, cfg.n_samples, sampler, seed)
-    expert = ExpertTerm.from_store(snakemake.input.expert, task, cfg)
+    expert = ExpertTerm.from_store(p.expert, task, cfg)
     llm_ndp = sample_task(model, task, frame, cfg.n_samples, sampler, seed, expert)
     write_zarr(samples_dataset(task, ndp, "ndp"), snakemake.output.ndp)
     write_zarr(samples_dataset(task, llm_ndp, "llm-ndp", expert_weight=cfg.expert_weight, expert_fade=cfg.expert_fade),

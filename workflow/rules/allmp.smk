@@ -1,0 +1,25 @@
+rule allmp:
+    """A-LLMP samples, drawn digit by digit: sharded like rule expert, over the tasks matching
+    allmp.tasks (SHARDS["allmp"]), with the same per-task cache."""
+    input:
+        tasks=shard_tasks("allmp"),
+        model=LLM_FOLDER,
+    output:
+        directory(SHARD_FOLDER["allmp"]),
+    log:
+        f"logs/allmp/{MODEL_LABEL}/shard-{{shard}}.log",
+    wildcard_constraints:
+        shard="|".join(map(str, SHARDS["allmp"])),
+    params:
+        stores=shard_tasks("allmp", "a-llmp"),
+        llm=config["llm"],
+        expert=config["expert"],
+        allmp=config["allmp"],
+        seed=config["seed"],
+        cache=LLM_CACHE["allmp"],
+    resources:
+        gpu=1 if config["llm"]["device"] == "cuda" else 0,
+    conda:
+        "../../envs/llmflow.yaml"
+    script:
+        "../scripts/allmp.py"
