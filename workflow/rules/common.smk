@@ -12,7 +12,7 @@ TASKS = task_names(config)
 USER_TASKS = [t for t in TASKS if t.startswith("user-")]
 BUILTIN_TASKS = [t for t in TASKS if not t.startswith("user-")]
 USER_CSVS = {f"user-{u['name']}": [u["csv"]] for u in config["tasks"]["user"]}
-# A-LLMP samples only the tasks matching allmp.tasks (its cost on CPU: README, "Run time").
+# A-LLMP samples only the tasks matching allmp.tasks (its cost on CPU: docs/run-time.md).
 ALLMP_TASKS = allmp_tasks(TASKS, config["allmp"]["tasks"])
 # Methods of each task (A-LLMP only where it ran), and those of them with sample stores.
 TASK_METHODS = {t: [m for m in METHODS if m != "a-llmp" or t in ALLMP_TASKS] for t in TASKS}
