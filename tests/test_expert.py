@@ -528,3 +528,33 @@ def test_offset_and_tiny_series_read_at_their_scale(smol32):
         kept = (np.exp(ds["logp"]).sum("bin") - ds["mass_union"]) / (1 - ds["lost_invalid"])
         assert float(kept.min()) > 0.99 and float(ds["lost_pruned"].max()) == 0.0
         assert np.isfinite(ds["nll_target"]).all()
+
+
+def test_leave_one_out_densities_are_the_held_out_tasks_own(smol32):
+    """Each held-out context point's density is what task_expert gives for the task with that
+    point moved to the target (the same prompt settings), and the store carries them."""
+    model, tok = smol32
+    x = np.arange(8.0)
+    y = np.round(2.0 + np.sin(x / 2), 2)
+    task = xr.Dataset({"x_context": (("context", "x_dim"), x[:7, None]), "y_context": (("context",), y[:7]),
+                       "x_target": (("target", "x_dim"), x[7:, None]), "y_target": (("target",), y[7:])},
+                      attrs={"name": "loo", "family": "user", "text": ""})
+    cfg = expert.ExpertConfig(threshold=0.05, loo_points=2)
+    ds = expert.task_expert(model, tok, task, cfg, "smol", progress=False)
+    assert list(expert.loo_indices(x[:7, None], 2)) == [0, 6]
+    assert list(expert.loo_indices(x[[3, 1], None], 5)) == [0, 1] and len(expert.loo_indices(x[:1, None], 5)) == 0
+    np.testing.assert_array_equal(ds["loo_x"].values[:, 0], [0.0, 6.0])
+    density, x_held, y_held = BinnedDensity.loo_from_store(ds)
+    np.testing.assert_array_equal(y_held, y[[0, 6]])
+    for k, i in enumerate([0, 6]):
+        keep = np.arange(7) != i
+        sub = xr.Dataset({"x_context": (("context", "x_dim"), x[:7][keep, None]), "y_context": (("context",), y[:7][keep]),
+                          "x_target": (("target", "x_dim"), x[i:i + 1, None]), "y_target": (("target",), y[i:i + 1])},
+                         attrs=task.attrs)
+        own = expert.task_expert(model, tok, sub, expert.ExpertConfig(threshold=0.05, loo_points=0), "smol", progress=False)
+        n = own.sizes["bin"]
+        np.testing.assert_allclose(ds["loo_lower"].values[k, :n], own["lower"].values[0])
+        np.testing.assert_allclose(ds["loo_logp"].values[k, :n], own["logp"].values[0])
+        np.testing.assert_allclose(ds["loo_nll"].values[k], own["nll_target"].values[0])
+    assert "loo_x" not in expert.task_expert(model, tok, task, expert.ExpertConfig(threshold=0.05, loo_points=0),
+                                             "smol", progress=False)

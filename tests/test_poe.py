@@ -67,3 +67,16 @@ def test_a_store_of_other_targets_is_refused(tmp_path):
         ExpertTerm.from_store(str(path), other_truth, SampleConfig())
     density = BinnedDensity.from_store(str(path), task)
     np.testing.assert_array_equal(density.nll_target, [[1.5, np.nan]])
+
+
+def test_smoothing_adds_to_the_samplers_width_and_maps_with_y():
+    task = _task()
+    density = BinnedDensity.from_store(_store(task), task)
+    term = ExpertTerm(density, weight=0.5, smoothing=0.3)
+    y, rows = torch.tensor([[0.4, 1.1]], dtype=torch.float64), torch.zeros(1, dtype=torch.long)
+    np.testing.assert_allclose(term.score(y, rows, 0.4), density.score(y, rows, 0.5))
+    np.testing.assert_allclose(term.log_density(y, rows), density.log_density(y, rows, 0.3))
+    mapped = term.map_y(1.0, 2.0, torch.float64)
+    assert mapped.smoothing == 0.15 and mapped.weight == 0.5
+    np.testing.assert_allclose(mapped.log_density((y - 1.0) / 2.0, rows, 0.2),
+                               term.log_density(y, rows, 0.4) + np.log(2.0), rtol=1e-10)

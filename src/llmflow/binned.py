@@ -221,6 +221,20 @@ class BinnedDensity:
         return cls.from_arrays(lower, upper, logp, nll)
 
     @classmethod
+    def loo_from_store(cls, store: xr.Dataset | str | Path, lost: str = "renormalise"
+                       ) -> tuple[BinnedDensity, np.ndarray, np.ndarray]:
+        """The store's leave-one-out densities (T = 1, M = K held-out context points) with their
+        x (K, D) and y (K,); K = 0 where the store has none. ``lost`` as in :meth:`from_store`."""
+        ds = xr.open_zarr(store) if isinstance(store, (str, Path)) else store
+        if "loo_x" not in ds or ds.sizes["loo"] == 0:
+            empty = np.zeros((1, 0, 1))
+            return cls.from_arrays(empty, empty + 1, empty), np.zeros((0, ds.sizes.get("x_dim", 1))), np.zeros(0)
+        held = xr.Dataset({"lower": ds["loo_lower"], "upper": ds["loo_upper"], "logp": ds["loo_logp"],
+                           "lost_mass": 1.0 - np.exp(ds["loo_logp"]).sum("loo_bin"), "nll_target": ds["loo_nll"]})
+        held = held.rename({"loo": "target", "loo_bin": "bin"})
+        return cls.from_store(held, lost=lost), ds["loo_x"].values, ds["loo_y"].values
+
+    @classmethod
     def stack(cls, densities: Sequence[BinnedDensity]) -> BinnedDensity:
         """One density of all tasks of ``densities``, padded to their most targets and bins."""
         m = max(d.lower.shape[1] for d in densities)
@@ -436,21 +450,26 @@ class BinnedDensity:
 
 def store_dataset(x_target: np.ndarray, y_target: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                   logp: np.ndarray, complete: np.ndarray, per_target: dict[str, np.ndarray],
-                  attrs: dict) -> xr.Dataset:
+                  attrs: dict, loo: dict[str, np.ndarray] | None = None) -> xr.Dataset:
     """One task's expert store: x_target (M, D), y_target (M,), the bins lower, upper, logp,
     complete (M, B) in data units (padded with NaN edges, −inf logp, False; logp not
     renormalised: the lost mass stays lost), ``per_target`` diagnostics (M,) each (the expert
-    stage writes ``lost_mass`` and ``nll_target``, read by :meth:`BinnedDensity.from_store`)."""
+    stage writes ``lost_mass`` and ``nll_target``, read by :meth:`BinnedDensity.from_store`).
+    ``loo``: the leave-one-out densities at held-out context points (x (K, D), y (K,), lower,
+    upper, logp (K, B'), nll (K,)), stored as ``loo_*`` over (loo, loo_bin) and read by
+    :meth:`BinnedDensity.loo_from_store`."""
     per_bin = {"lower": lower, "upper": upper, "logp": logp, "complete": complete}
-    return xr.Dataset(
-        {
-            "x_target": (("target", "x_dim"), x_target),
-            "y_target": (("target",), y_target),
-            **{k: (("target", "bin"), v) for k, v in per_bin.items()},
-            **{k: (("target",), v) for k, v in per_target.items()},
-        },
-        attrs=attrs,
-    )
+    data = {
+        "x_target": (("target", "x_dim"), x_target),
+        "y_target": (("target",), y_target),
+        **{k: (("target", "bin"), v) for k, v in per_bin.items()},
+        **{k: (("target",), v) for k, v in per_target.items()},
+    }
+    if loo is not None:
+        data |= {"loo_x": (("loo", "x_dim"), loo["x"]), "loo_y": (("loo",), loo["y"]),
+                 **{f"loo_{k}": (("loo", "loo_bin"), loo[k]) for k in ("lower", "upper", "logp")},
+                 "loo_nll": (("loo",), loo["nll"])}
+    return xr.Dataset(data, attrs=attrs)
 
 
 def check_store_targets(ds: xr.Dataset, task: Task, where: str) -> None:

@@ -16,8 +16,8 @@ from llmflow.binned import BinnedDensity
 from llmflow.metrics import QUANTILES, bins_metrics, gaussian_metrics, prediction_table, sample_metrics
 from llmflow.tasks import Task
 
-SAMPLE_METHODS: tuple[str, ...] = ("ndp", "a-llmp", "llm-ndp")
-METHODS: tuple[str, ...] = ("ndp", "i-llmp", "a-llmp", "llm-ndp")
+SAMPLE_METHODS: tuple[str, ...] = ("ndp", "a-llmp", "llm-ndp", "llm-ndp-cal")
+METHODS: tuple[str, ...] = ("ndp", "i-llmp", "a-llmp", "llm-ndp", "llm-ndp-cal")
 
 
 def allmp_tasks(tasks: Sequence[str], patterns: Sequence[str]) -> list[str]:

@@ -16,7 +16,7 @@ from llmflow.binned import BinnedDensity  # noqa: E402
 from llmflow.io import write_file  # noqa: E402
 from llmflow.tasks import Task  # noqa: E402
 
-COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue"}
+COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue", "llm-ndp-cal": "tab:purple"}
 LEVELS = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
 # Fixed metadata keeps PNG/PDF bytes identical across runs.
 PNG_META = {"Software": None}

@@ -15,13 +15,15 @@ sample store.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
 import xarray as xr
 
+from llmflow.binned import BinnedDensity
+from llmflow.calibrate import CalibrationConfig, ProductFit, fit_product
 from llmflow.config import Section
 from llmflow.ndp import TrainedNDP
 from llmflow.poe import ExpertTerm
@@ -95,7 +97,8 @@ def check_samples(task: Task, samples: np.ndarray, method: str, frame: TaskFrame
 class SampleConfig(Section):
     """``config["sample"]``: n_samples per task and method; the LLM expert's weight λ, fade s
     (the NDP's x units), temperature and lost-mass policy (:class:`llmflow.poe.ExpertTerm`);
-    y_scale_min, the smallest y scale of a :class:`TaskFrame`."""
+    y_scale_min, the smallest y scale of a :class:`TaskFrame`; calibration, the candidates of
+    ``llm-ndp-cal`` (:func:`sample_calibrated`)."""
 
     KEY: ClassVar[str] = "sample"
     n_samples: int = 64
@@ -104,6 +107,7 @@ class SampleConfig(Section):
     expert_temperature: float = 1.0
     lost_mass: str = "renormalise"
     y_scale_min: float = 1.0
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 def sample_task(model: TrainedNDP, task: Task, frame: TaskFrame, n_samples: int, sampler: SamplerConfig,
@@ -131,6 +135,36 @@ def sample_task(model: TrainedNDP, task: Task, frame: TaskFrame, n_samples: int,
     draws = frame.y_back(out)
     check_samples(task, draws, "ndp" if expert is None else "llm-ndp", frame)
     return draws
+
+
+def leave_one_out_samples(model: TrainedNDP, task: Task, frame: TaskFrame, x_held: np.ndarray, y_held: np.ndarray,
+                          n_samples: int, sampler: SamplerConfig, seed: int) -> np.ndarray:
+    """The NDP's samples (K, S) at each held-out context point (x_held (K, D), y_held (K,), data
+    units) given the task's other context points, in the task's frame; one batch of K tasks."""
+    held = [int(np.flatnonzero(np.all(task.x_context == x, axis=1) & (task.y_context == y))[0])
+            for x, y in zip(x_held, y_held)]
+    keep = [np.arange(len(task.y_context)) != i for i in held]
+    x_ctx = np.stack([frame.x(task.x_context[k]) for k in keep])
+    y_ctx = np.stack([frame.y(task.y_context[k]) for k in keep])
+    out = sample(model, x_ctx, y_ctx, frame.x(x_held)[:, None], n_samples, solver=sampler.solver, steps=sampler.steps,
+                 t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
+                 generator=torch.Generator().manual_seed(seed))
+    return frame.y_back(out.y_tgt[:, :, 0])
+
+
+def sample_calibrated(model: TrainedNDP, task: Task, frame: TaskFrame, store: xr.Dataset | str, cfg: SampleConfig,
+                      sampler: SamplerConfig, seed: int) -> tuple[np.ndarray, ProductFit]:
+    """``llm-ndp-cal``: samples (S, m) of the product with the expert's weight and smoothing
+    fitted to the task's leave-one-out scores (:func:`llmflow.calibrate.fit_product`), and the
+    fit. λ = 0 (the LLM did not help on the held-out points, or none were held out) draws the
+    NDP itself, with the NDP's start noise. No fade and no temperature: the fit decides."""
+    held, x_held, y_held = BinnedDensity.loo_from_store(store, cfg.lost_mass)
+    fit = fit_product(leave_one_out_samples(model, task, frame, x_held, y_held, cfg.n_samples, sampler, seed)
+                      if len(y_held) else np.zeros((0, cfg.n_samples)), y_held, held, cfg.calibration)
+    expert = None
+    if fit.weight > 0:
+        expert = ExpertTerm(BinnedDensity.from_store(store, task, cfg.lost_mass), fit.weight, smoothing=fit.smoothing)
+    return sample_task(model, task, frame, cfg.n_samples, sampler, seed, expert), fit
 
 
 def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: SamplerConfig, seed: int) -> np.ndarray:

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from llmflow.config import Section
 from llmflow.flow import denoised, jacobian_scale, posterior_var
 from llmflow.ndp import TrainedNDP
-from llmflow.poe import Expert, ExpertTerm
+from llmflow.poe import ExpertTerm
 
 SOLVERS = ("euler", "heun")
 JACOBIANS = ("exact", "free")
@@ -96,7 +96,7 @@ class GuidedProblem:
     x (T, n+m, D), mask (T, n+m) valid points, z (T, n+m) context observations in model units
     (0 at targets), is_ctx (T, n+m) float indicator of valid context points, noise_var (T,)
     context noise variance in model units, n the number of context slots, expert the LLM
-    expert in model units (None: context only), expert_weight (T, n+m) its weight per point
+    expert term in model units (None: context only), expert_weight (T, n+m) its weight per point
     (:meth:`llmflow.poe.ExpertTerm.target_weights` at targets, 0 at the context).
     """
 
@@ -106,7 +106,7 @@ class GuidedProblem:
     is_ctx: Tensor
     noise_var: Tensor
     n: int
-    expert: Expert | None
+    expert: ExpertTerm | None
     expert_weight: Tensor
     jacobian: str
 
@@ -142,7 +142,7 @@ class GuidedProblem:
             is_ctx=torch.cat([ctx_mask, torch.zeros_like(tgt_mask)], dim=1).float(),
             noise_var=(noise / model.norm.scale) ** 2,
             n=n,
-            expert=term.expert,
+            expert=expert,
             expert_weight=torch.cat([torch.zeros_like(ctx_mask, dtype=torch.float32),
                                      term.target_weights(x_ctx, ctx_mask, x_tgt, tgt_mask)], dim=1),
             jacobian=jacobian,

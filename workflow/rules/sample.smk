@@ -1,5 +1,5 @@
 rule sample:
-    """NDP and LLM-NDP joint samples for one task (A-LLMP's come from rule allmp)."""
+    """NDP, LLM-NDP and LLM-NDP-cal joint samples for one task (A-LLMP's come from rule allmp)."""
     input:
         model=NDP_MODEL,
         task=TASK_STORE,
@@ -7,6 +7,7 @@ rule sample:
     output:
         ndp=directory(SAMPLE_STORE.format(task="{task}", method="ndp")),
         llm_ndp=directory(SAMPLE_STORE.format(task="{task}", method="llm-ndp")),
+        llm_ndp_cal=directory(SAMPLE_STORE.format(task="{task}", method="llm-ndp-cal")),
     log:
         "logs/sample/{task}.log",
     wildcard_constraints:

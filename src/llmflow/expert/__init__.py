@@ -18,8 +18,8 @@ from llmflow.expert.prompt import (STYLES, PromptStyle, build_prompt, chat_wrapp
                                    prepare_text, prompt_parts, prompt_style)
 from llmflow.expert.score import number_logprob, number_token_logprobs
 from llmflow.expert.task import (ExpertConfig, TaskPrompts, affine_for, auto_affine, default_int_digits,
-                                 fingerprint, llm_numbers, run_cached, target_bins, task_expert,
-                                 task_prompts)
+                                 fingerprint, leave_one_out, llm_numbers, loo_indices, run_cached,
+                                 target_bins, task_expert, task_prompts)
 from llmflow.expert.tokens import NumberTokens, continuation_ids, number_tokens
 from llmflow.expert.trie import TrieResult, binned_distribution
 
@@ -28,7 +28,7 @@ __all__ = [
     "TokenTree", "UNITS", "affine_for", "allowed_units", "auto_affine", "binned_distribution",
     "build_prompt", "chat_wrapper", "target_bins", "task_prompts",
     "check_context", "continuation_ids", "default_int_digits", "fingerprint", "format_number",
-    "llm_numbers", "number_interval", "number_logprob", "number_token_logprobs", "number_tokens",
+    "leave_one_out", "llm_numbers", "loo_indices", "number_interval", "number_logprob", "number_token_logprobs", "number_tokens",
     "prefix_intervals", "prepare_text", "prompt_parts", "prompt_style", "rows_only", "run_cached",
     "tail_logits", "task_expert", "to_llm_units", "token_logprobs",
     "vocab_logprobs",

@@ -32,6 +32,8 @@ class ExpertConfig(Section):
     y_llm = (y - b) / a. ``max_nodes``/``threshold``: the trie's budget of expanded prefixes and
     the least probability worth expanding (:func:`~llmflow.expert.trie.binned_distribution`).
     ``shards``: how many jobs the workflow deals the tasks over (one model load each).
+    ``loo_points``: context points held out one at a time and predicted from the rest
+    (:func:`task_expert`), for the calibrated product (:mod:`llmflow.calibrate`).
     """
 
     KEY: ClassVar[str] = "expert"
@@ -56,6 +58,7 @@ class ExpertConfig(Section):
     rescale: Any = "auto"
     rescale_digits: int = 1
     batch_size: int = 64
+    loo_points: int = 5
 
     def prompt_style(self) -> PromptStyle:
         return prompt_style(self.style, decimals=self.decimals, x_decimals=self.x_decimals,
@@ -238,6 +241,7 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
         "max_int_digits": tp.max_int_digits, "scale": scale, "shift": shift,
         "prompt_example": tp.prompts[0] if tp.prompts else "",
     }
+    loo = leave_one_out(model, tokenizer, task, cfg, progress) if cfg.loo_points else None
     per_target = {
         "lost_pruned": np.array([b.lost_pruned for b in results]),
         "lost_invalid": np.array([b.lost_invalid for b in results]),
@@ -248,7 +252,46 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
         "n_positions": np.array([b.n_positions for b in results], dtype=np.int64),
         "n_expanded": np.array([b.n_expanded for b in results], dtype=np.int64),
     }
-    return store_dataset(x_t, y_t, lower, upper, logp, complete, per_target, attrs)
+    return store_dataset(x_t, y_t, lower, upper, logp, complete, per_target, attrs, loo)
+
+
+def loo_indices(x_context: np.ndarray, k: int) -> np.ndarray:
+    """Up to k context indices spread evenly over the context sorted by its first x coordinate
+    (both ends included); none where no other point would remain to predict from."""
+    n = len(x_context)
+    if k <= 0 or n < 2:
+        return np.zeros(0, dtype=int)
+    order = np.argsort(x_context[:, 0], kind="stable")
+    return np.unique(order[np.round(np.linspace(0, n - 1, min(k, n))).astype(int)])
+
+
+def leave_one_out(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, progress: bool = True) -> dict[str, np.ndarray]:
+    """The LLM's densities at ``cfg.loo_points`` held-out context points (:func:`loo_indices`),
+    each predicted from the others with the task's prompt settings, in data units: ``x`` (K, D),
+    ``y`` (K,), ``lower``, ``upper``, ``logp`` (K, B) padded like the targets' bins, ``nll`` (K,)
+    the held-out truth's exact NLL. The workflow stores them as the ``loo_*`` variables."""
+    from tqdm.auto import tqdm
+
+    x_c = np.asarray(task["x_context"].values, dtype=float)
+    y_c = np.asarray(task["y_context"].values, dtype=float)
+    held = loo_indices(x_c, cfg.loo_points)
+    bins, scales = [], []
+    for i in tqdm(held, desc=f"expert {task.attrs.get('name', '')} (leave-one-out)", disable=not progress):
+        keep = np.arange(len(x_c)) != i
+        sub = xr.Dataset({"x_context": (("context", "x_dim"), x_c[keep]), "y_context": (("context",), y_c[keep]),
+                          "x_target": (("target", "x_dim"), x_c[i:i + 1]), "y_target": (("target",), y_c[i:i + 1])},
+                         attrs=task.attrs)
+        tp = task_prompts(tokenizer, sub, cfg)
+        bins.append(target_bins(model, tokenizer, tp, 0, cfg))
+        scales.append((tp.scale, tp.shift, 10.0 ** -tp.style.decimals))
+    n_bin = max((len(b.logp) for b in bins), default=0)
+    lower, upper = np.full((len(bins), n_bin), np.nan), np.full((len(bins), n_bin), np.nan)
+    logp = np.full((len(bins), n_bin), -np.inf)
+    for k, (b, (scale, shift, _)) in enumerate(zip(bins, scales)):
+        lower[k, :len(b.logp)], upper[k, :len(b.logp)] = b.lower * scale + shift, b.upper * scale + shift
+        logp[k, :len(b.logp)] = b.logp
+    nll = np.array([-b.truth_logp + math.log(res * scale) for b, (scale, _, res) in zip(bins, scales)])
+    return {"x": x_c[held], "y": y_c[held], "lower": lower, "upper": upper, "logp": logp, "nll": nll}
 
 
 # Raised whenever the code changes what a cached result holds for the same task and settings

@@ -1,0 +1,62 @@
+"""The calibrated product: the leave-one-out pool is a density, and the fit keeps the expert only where it helps."""
+
+import numpy as np
+import torch
+from scipy import stats
+
+from llmflow.binned import BinnedDensity
+from llmflow.calibrate import CalibrationConfig, fit_product, log_pool_scores
+
+
+def gaussian_bins(centres: np.ndarray, sd: float, width: float = 0.05) -> BinnedDensity:
+    """One task, one target per centre: bins of ``width`` carrying N(centre, sd²)'s mass."""
+    edges = centres[:, None] + np.arange(-6 * sd, 6 * sd + width, width)[None, :]
+    mass = np.diff(stats.norm.cdf(edges, centres[:, None], sd), axis=1)
+    with np.errstate(divide="ignore"):
+        return BinnedDensity.from_arrays(edges[None, :, :-1], edges[None, :, 1:], np.log(mass)[None])
+
+
+def test_the_pooled_density_integrates_to_one():
+    mean, std = np.array([0.0, 1.0]), np.array([1.0, 0.5])
+    expert = gaussian_bins(np.array([0.8, 0.2]), 0.4)
+    grid = np.linspace(-6, 6, 121)  # the pool is smooth: the trapezoid rule is exact enough at 0.1
+    for weight, width in ((0.5, 0.1), (1.0, 0.3), (0.25, 1.0)):
+        dens = np.exp(np.stack([log_pool_scores(mean, std, np.array([g, g]), expert, weight, width) for g in grid]))
+        np.testing.assert_allclose(np.trapezoid(dens, grid, axis=0), 1.0, atol=2e-3)
+    # λ = 1 and Gaussian bins: the pool is the Gaussian product N(m, s²)·N(c, 0.4² + w²)
+    w = 0.3
+    var = 1 / (1 / std**2 + 1 / (0.4**2 + w**2))
+    mu = var * (mean / std**2 + np.array([0.8, 0.2]) / (0.4**2 + w**2))
+    y = np.array([0.3, 0.6])
+    np.testing.assert_allclose(log_pool_scores(mean, std, y, expert, 1.0, w), stats.norm.logpdf(y, mu, np.sqrt(var)), atol=2e-3)
+
+
+def test_fit_falls_back_to_the_ndp_where_the_llm_knows_nothing_and_keeps_it_where_it_helps():
+    rng = np.random.default_rng(0)
+    k, s = 6, 400
+    mean = rng.normal(size=k)
+    y = mean + rng.normal(size=k)  # the NDP's predictive N(mean, 1) is right
+    ndp = mean[:, None] + rng.normal(size=(k, s))
+    cfg = CalibrationConfig()
+    wrong = fit_product(ndp, y, gaussian_bins(y + 3.0, 0.2))  # confident and wrong
+    assert wrong.weight == 0.0 and wrong.score == wrong.ndp_score and wrong.n_held == k
+    right = fit_product(ndp, y, gaussian_bins(y + 0.05 * rng.normal(size=k), 0.1))  # sharp and right
+    assert right.weight > 0 and right.score > right.ndp_score + 0.5
+    assert len(right.table) == 1 + len([w for w in cfg.weights if w > 0]) * len(cfg.smoothing)
+    none = fit_product(np.zeros((0, s)), np.zeros(0), gaussian_bins(np.zeros(0), 0.1))
+    assert none.weight == 0.0 and none.n_held == 0
+
+
+def test_the_fit_is_scored_on_the_pool_not_on_the_bins_alone():
+    # An expert a little too sharp around the truth: some weight and smoothing beats both the
+    # NDP alone and the unsmoothed product.
+    rng = np.random.default_rng(1)
+    k = 8
+    mean = np.zeros(k)
+    y = rng.normal(scale=0.3, size=k)
+    ndp = mean[:, None] + rng.normal(size=(k, 500))
+    expert = gaussian_bins(y + rng.normal(scale=0.3, size=k), 0.05)
+    fit = fit_product(ndp, y, expert)
+    scores = {(w, s): v for w, s, v in fit.table}
+    assert fit.weight > 0 and fit.score == max(scores.values()) and fit.smoothing > 0
+    assert torch.isfinite(torch.tensor(fit.score))
