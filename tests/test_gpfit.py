@@ -57,9 +57,9 @@ def test_fit_and_store_are_deterministic_and_consistent():
     task = gp_task(1, n_context=20, n_target=8)
     a, b = fit_gp(task, TaskFrame.identity(1)), fit_gp(task, TaskFrame.identity(1))
     np.testing.assert_array_equal(a.predictive.cov, b.predictive.cov)
-    ds = gp_dataset(task, a, 4000, np.random.default_rng(3))
+    ds = gp_dataset(task, a, 4000, seed=3)
     assert ds["y"].dims == ("sample", "target") and ds.attrs["method"] == "gp" and ds.attrs["optimised"] == 1
-    np.testing.assert_array_equal(ds["y"].values, gp_dataset(task, b, 4000, np.random.default_rng(3))["y"].values)
+    np.testing.assert_array_equal(ds["y"].values, gp_dataset(task, b, 4000, seed=3)["y"].values)
     np.testing.assert_array_equal(ds["cov"].values, a.predictive.cov)
     # the draws are joint draws of the stored predictive
     np.testing.assert_allclose(np.cov(ds["y"].values, rowvar=False), a.predictive.cov, atol=0.1 * a.predictive.cov.max())

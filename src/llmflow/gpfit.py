@@ -34,7 +34,7 @@ from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from llmflow.gp import GaussianPosterior
 from llmflow.predict import TaskFrame, samples_dataset
-from llmflow.tasks import Task
+from llmflow.tasks import Task, task_rng
 
 AMPLITUDE_BOUNDS = (1e-4, 1e2)
 LENGTHSCALE_BOUNDS = (1e-2, 1e2)
@@ -94,9 +94,11 @@ def fit_gp(task: Task, frame: TaskFrame) -> GPFit:
                  float(np.sqrt(fitted.k2.noise_level)), lml, optimised)
 
 
-def gp_dataset(task: Task, fit: GPFit, n_samples: int, rng: np.random.Generator) -> xr.Dataset:
+def gp_dataset(task: Task, fit: GPFit, n_samples: int, seed: int) -> xr.Dataset:
     """The ``gp`` method's store: ``n_samples`` joint draws ``y (sample, target)`` of the
     predictive (data units) like every sample method's, plus its exact ``mean (target)`` and
-    ``cov (target, target_)``, and the hyper-parameters as attributes."""
-    ds = samples_dataset(task, fit.predictive.sample(rng, n_samples), "gp", **fit.attrs())
+    ``cov (target, target_)``, and the hyper-parameters as attributes. The draws come from a
+    random stream of their own per task and ``seed``."""
+    draws = fit.predictive.sample(task_rng(seed, f"{task.name}:gp"), n_samples)
+    ds = samples_dataset(task, draws, "gp", **fit.attrs())
     return ds.assign(mean=("target", fit.predictive.mean), cov=(("target", "target_"), fit.predictive.cov))
