@@ -19,8 +19,10 @@ the prior's smooth SE and its rougher kernels and is the common default (Rasmuss
 Tiny contexts: with fewer than ``MIN_FIT_POINTS`` points the marginal likelihood cannot tell
 signal from noise (one centred point is fitted best by a vanishing amplitude and noise, an
 absurdly sure predictive), so the kernel keeps its initial values: ``a = 1``, ``ℓ = 1``,
-``σ = 0.1`` in the frame (``GPFit.optimised`` is False). With no context at all the predictive
-is that kernel's prior.
+``σ = 0.1`` in the frame (``GPFit.optimised`` is False): a predictive about one frame y scale
+wide away from the points (the frame's y scale is at least ``sample.y_scale_min``, as the
+NDP's). Some larger contexts still drive ``ℓ`` or ``σ`` to a bound (a short noisy series is
+fitted as white noise, a few smooth points as noiseless); the bounds keep the predictive finite.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class GPFit:
 
     ``predictive``: N(mean (m,), cov (m, m)) of noisy observations (the fitted noise included);
     ``amplitude`` (frame y units²), ``lengthscale`` (D,) (frame x units), ``noise_std`` (frame y
-    units); ``log_marginal_likelihood`` of the context in the frame (nats, NaN without context);
+    units); ``log_marginal_likelihood`` of the context in the frame (nats);
     ``optimised``: False where the context was too small to fit (module docstring).
     """
 
@@ -69,8 +71,9 @@ class GPFit:
 
 
 def fit_gp(task: Task, frame: TaskFrame) -> GPFit:
-    """Fit the module's kernel to ``task``'s context (n, D), (n,) in ``frame`` and predict at its
-    targets (m, D). Deterministic. Raises ValueError if the context holds a non-finite value."""
+    """Fit the module's kernel to ``task``'s context (n ≥ 1 points: x (n, D), y (n,)) in
+    ``frame`` and predict at its targets (m, D). Deterministic. Raises ValueError if the context
+    holds a non-finite value."""
     x_ctx, y_ctx = frame.x(task.x_context), frame.y(task.y_context)
     if not (np.isfinite(x_ctx).all() and np.isfinite(y_ctx).all()):
         raise ValueError(f"task {task.name!r}: the GP baseline needs a finite context")
@@ -81,17 +84,14 @@ def fit_gp(task: Task, frame: TaskFrame) -> GPFit:
     optimised = len(y_ctx) >= MIN_FIT_POINTS
     gpr = GaussianProcessRegressor(kernel, optimizer="fmin_l_bfgs_b" if optimised else None,
                                    n_restarts_optimizer=N_RESTARTS, random_state=RANDOM_STATE)
-    if len(y_ctx):
-        gpr.fit(x_ctx, y_ctx)
-        fitted, lml = gpr.kernel_, float(gpr.log_marginal_likelihood_value_)
-    else:
-        fitted, lml = kernel, float("nan")
+    gpr.fit(x_ctx, y_ctx)
+    fitted = gpr.kernel_
     # The white term is part of the kernel, so the predictive covariance at the targets holds
     # the observation noise: the density of a new noisy y, as the truth is one.
     mean, cov = gpr.predict(frame.x(task.x_target), return_cov=True)
     predictive = GaussianPosterior(frame.y_back(mean), cov * frame.y_scale**2)
     return GPFit(predictive, float(fitted.k1.k1.constant_value), np.atleast_1d(fitted.k1.k2.length_scale).astype(float),
-                 float(np.sqrt(fitted.k2.noise_level)), lml, optimised)
+                 float(np.sqrt(fitted.k2.noise_level)), float(gpr.log_marginal_likelihood_value_), optimised)
 
 
 def gp_dataset(task: Task, fit: GPFit, n_samples: int, seed: int) -> xr.Dataset:
