@@ -17,7 +17,7 @@ from llmflow.io import write_file  # noqa: E402
 from llmflow.tasks import Task  # noqa: E402
 
 # A colour per method, in the order of the task figures' panels.
-COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue", "gp": "tab:purple"}
+COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue", "gp": "tab:brown"}
 LEVELS = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
 # Fixed metadata keeps PNG/PDF bytes identical across runs.
 PNG_META = {"Software": None}
