@@ -28,11 +28,19 @@ def test_sample_metrics_agree_with_the_exact_gaussian():
     task, mean, cov = gaussian_task()
     samples = np.random.default_rng(2).multivariate_normal(mean, cov, size=2000)
     est, exact = sample_metrics(task, samples), gaussian_metrics(task, mean, cov)
-    for key, tol in (("nll", 0.08), ("crps", 0.01), ("mae", 0.02), ("joint_loglik", 0.1)):
-        assert abs(est[key] - exact[key]) < tol, (key, est[key], exact[key])
+    assert "nll" not in est  # samples have no density: their estimate is named nll_kde
+    for key, ref, tol in (("nll_kde", "nll", 0.08), ("crps", "crps", 0.01), ("mae", "mae", 0.02),
+                          ("joint_loglik", "joint_loglik", 0.1)):
+        assert abs(est[key] - exact[ref]) < tol, (key, est[key], exact[ref])
     # a wrong predictive (shifted by one sd) scores clearly worse
     worse = sample_metrics(task, samples + 0.3)
-    assert worse["nll"] > est["nll"] + 0.2 and worse["crps"] > est["crps"] + 0.05
+    assert worse["nll_kde"] > est["nll_kde"] + 0.2 and worse["crps"] > est["crps"] + 0.05
+
+
+def test_gaussian_metrics_only_where_the_truth_is_known():
+    task, mean, cov = gaussian_task()
+    task.y_target[:] = np.nan
+    assert gaussian_metrics(task, mean, cov) == {}
 
 
 def _bins(lower, upper, prob, nll=None) -> BinnedDensity:
@@ -80,6 +88,9 @@ def test_constraint_and_roughness():
     out = sample_metrics(task, np.concatenate([smooth, zigzag * 1.5]))
     assert out["constraint"] == 0.5 and "crps" not in out
     assert sample_metrics(task, smooth)["roughness"] < 1e-20 < sample_metrics(task, zigzag)["roughness"]
+    # a text that bounds no target (±inf everywhere) is not scored: every draw would "satisfy" it
+    silent = Task("t", "text", "", x[:1], np.zeros(1), x, np.full(5, np.nan), np.full(5, -np.inf), np.full(5, np.inf))
+    assert "constraint" not in sample_metrics(silent, smooth)
 
 
 def test_binned_constraint_is_the_product_of_masses_inside():

@@ -106,16 +106,24 @@ TINY_TASKS = ("gp-se-000", "synth-sine", "text-zero_after_30", "real-nile", "use
 
 
 def test_tiny_run_scores_every_method_on_every_task(tiny_run: Path):
-    summary = pd.read_csv(tiny_run / "results/metrics/summary.csv")
-    assert list(summary.columns) == ["task", "family", "method", "metric", "value"]
+    tasks = pd.read_csv(tiny_run / "results/metrics/tasks.csv")
+    assert list(tasks.columns) == ["task", "family", "method", "metric", "value"]
     for task in TINY_TASKS:
-        methods = set(summary.loc[summary.task == task, "method"])
-        assert {"ndp", "i-llmp", "a-llmp", "llm-ndp"} <= methods, (task, methods)
-    gp = summary[summary.task == "gp-se-000"]
+        methods = set(tasks.loc[tasks.task == task, "method"])
+        assert {"ndp", "i-llmp", "a-llmp", "llm-ndp", "gp"} <= methods, (task, methods)
+    gp = tasks[tasks.task == "gp-se-000"]
     assert {"gp_oracle"} <= set(gp.method) and "joint_loglik" in set(gp.metric)
-    text = summary[(summary.task == "text-zero_after_30") & (summary.metric == "constraint")]
-    assert set(text.method) >= {"ndp", "llm-ndp"} and text.value.between(0, 1).all()
-    assert "| family | metric |" in (tiny_run / "results/metrics/summary.md").read_text()
+    # exact NLL where a density exists, the KDE estimate (nll_kde) for the other sample methods
+    assert set(gp.loc[gp.metric == "nll", "method"]) == {"i-llmp", "gp", "gp_oracle"}
+    assert set(gp.loc[gp.metric == "nll_kde", "method"]) == {"ndp", "a-llmp", "llm-ndp"}
+    text = tasks[(tasks.task == "text-zero_after_30") & (tasks.metric == "constraint")]
+    assert set(text.method) >= {"ndp", "llm-ndp", "gp"} and text.value.between(0, 1).all()
+    summary = pd.read_csv(tiny_run / "results/metrics/summary.csv")
+    assert list(summary.columns) == ["family", "method", "metric", "n_tasks", "mean", "se", "median", "diff_mean",
+                                     "diff_se", "n_paired"]
+    crps = summary[summary.metric == "crps"].set_index(["family", "method"])
+    assert crps.loc[("gp", "gp"), "n_paired"] == 1 and np.isfinite(crps.loc[("gp", "gp"), "diff_mean"])
+    assert "## CRPS" in (tiny_run / "results/metrics/summary.md").read_text()
 
 
 def test_tiny_run_samples_and_predictions(tiny_run: Path):
@@ -127,7 +135,7 @@ def test_tiny_run_samples_and_predictions(tiny_run: Path):
     expert = xr.open_zarr(tiny_run / "results/expert/smollm2-135m/shard-1/synth-sine.zarr")
     mass = np.exp(expert["logp"]).sum("bin") + expert["lost_mass"]
     np.testing.assert_allclose(mass.values, 1.0, atol=1e-9)
-    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp"):
+    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "gp"):
         pred = pd.read_csv(tiny_run / f"results/predictions/synth-sine/{method}.csv")
         assert list(pred.columns) == ["x", "mean", "median", "q05", "q25", "q75", "q95"]
         assert len(pred) == task.sizes["target"]
@@ -208,10 +216,10 @@ def test_predict_runs_only_what_the_user_tasks_need(predict_run):
     assert {s for s in stores if s.startswith("results/expert/")} == {"results/expert/smollm2-135m/shard-2/user-temperature.zarr"}
     assert {s for s in stores if s.startswith("results/samples/")} == {
         "results/samples/user-temperature/ndp.zarr", "results/samples/user-temperature/llm-ndp.zarr",
-        "results/samples/a-llmp/shard-2/user-temperature.zarr"}
+        "results/samples/user-temperature/gp.zarr", "results/samples/a-llmp/shard-2/user-temperature.zarr"}
     assert not any(f.startswith(("results/prior/test/", "results/bench/", "results/metrics/")) for f in files)
     assert {f for f in files if f.startswith(("results/predictions/", "results/figures/"))} == {
-        *(f"results/predictions/user-temperature/{m}.csv" for m in ("ndp", "i-llmp", "a-llmp", "llm-ndp")),
+        *(f"results/predictions/user-temperature/{m}.csv" for m in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "gp")),
         "results/figures/user-temperature.png", "results/figures/user-temperature.pdf"}
 
 
@@ -219,7 +227,7 @@ def test_predict_covers_targets_without_truth(predict_run):
     workdir, _ = predict_run
     task = xr.open_zarr(workdir / "results/tasks/user-temperature.zarr")
     assert np.isnan(task["y_target"].values[-2:]).all()  # months 11 and 12 have an empty y
-    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp"):
+    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "gp"):
         pred = pd.read_csv(workdir / f"results/predictions/user-temperature/{method}.csv")
         assert pred["x"].tolist() == [7, 8, 9, 10, 11, 12]
         assert np.isfinite(pred.drop(columns="x").to_numpy()).all(), method
@@ -231,11 +239,11 @@ def test_full_run_after_predict_reuses_its_outputs(predict_run, tiny_run: Path):
     assert not redone
 
 
-TRUTH_METRICS = {"nll", "crps", "energy", "coverage50", "coverage90", "mae", "joint_loglik"}
+TRUTH_METRICS = {"nll", "nll_kde", "crps", "energy", "coverage50", "coverage90", "mae", "joint_loglik"}
 
 
 def test_metrics_only_where_the_truth_is_known(tiny_run: Path):
-    summary = pd.read_csv(tiny_run / "results/metrics/summary.csv")
+    summary = pd.read_csv(tiny_run / "results/metrics/tasks.csv")
     no_truth = summary[summary.task == "text-zero_after_30"]  # every target without truth
     assert set(no_truth.metric) == {"constraint", "roughness"}
     user = summary[summary.task == "user-temperature"]  # 4 targets with truth, 2 without

@@ -1,13 +1,16 @@
 """Scores of predictive distributions at the targets of a task.
 
-A method's prediction at the m targets of a task is either a set of joint samples (S, m)
-(NDP, A-LLMP, LLM-NDP) or independent binned densities (I-LLMP). Metrics, all per target unless
-said otherwise, averaged over targets whose truth is known:
+A method's prediction at the m targets of a task is a set of joint samples (S, m) (NDP,
+A-LLMP, LLM-NDP), independent binned densities (I-LLMP) or a Gaussian N(mean, cov) (the fitted
+GP, with samples of it too; the GP oracle). Metrics, all per target unless said otherwise,
+averaged over targets whose truth is known:
 
-- ``nll``: negative log predictive density in nats per target. Exact for binned densities and
-  Gaussians; for samples, a Gaussian kernel density estimate per target with Silverman's
-  bandwidth ``0.9 · min(sd, IQR/1.34) · S^(−1/5)`` (documented estimator, checked against the
-  exact marginal on GP samples in the tests).
+- ``nll``: negative log predictive density in nats per target, exact: binned densities and
+  Gaussians (the fitted GP, the GP oracle).
+- ``nll_kde``: the same for samples, estimated by a Gaussian kernel density estimate per target
+  with Silverman's bandwidth ``0.9 · min(sd, IQR/1.34) · S^(−1/5)`` (documented estimator,
+  checked against the exact marginal on GP samples in the tests). Named apart because it is
+  heavy-tailed over tasks: a truth outside collapsed samples gets an enormous value.
 - ``crps``: continuous ranked probability score (``scoringrules.crps_ensemble``; binned
   densities enter through ``n_quantiles`` evenly spaced quantiles of their CDF).
 - ``energy``: energy score of the joint target vector (``scoringrules.es_ensemble``), samples only.
@@ -15,7 +18,8 @@ said otherwise, averaged over targets whose truth is known:
 - ``mae``: mean absolute error of the median.
 - ``roughness``: mean squared second difference of each trajectory along its sorted x
   (1-D x, samples only): the paper's smoothness contrast between joint and independent draws.
-- ``constraint``: fraction of samples meeting the task's text constraint at every target.
+- ``constraint``: fraction of samples meeting the task's text constraint at every target; only
+  where the text constrains some target (a finite bound).
 - ``joint_loglik``: log-likelihood per target of the whole target vector under a Gaussian
   fitted to the samples (mean, covariance + 1e-6 I): the NDP literature's protocol.
 """
@@ -31,6 +35,14 @@ from llmflow.gp import LOG_2PI
 from llmflow.tasks import Task
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# What only joint draws give: a method with an exact Gaussian predictive takes these from its
+# samples and the rest from :func:`gaussian_metrics`.
+SAMPLE_ONLY = ("energy", "roughness", "constraint")
+
+
+def constrains(task: Task) -> bool:
+    """Whether the task's text bounds some target (a constraint of ±inf everywhere says nothing)."""
+    return task.constraint_lo is not None and bool(np.any(np.isfinite(task.constraint_lo) | np.isfinite(task.constraint_hi)))
 
 
 def kde_log_density(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -75,11 +87,11 @@ def sample_metrics(task: Task, samples: np.ndarray) -> dict[str, float]:
     known = np.isfinite(task.y_target)
     if task.x_target.shape[1] == 1:
         out["roughness"] = roughness(samples, task.x_target[:, 0])
-    if task.constraint_lo is not None:
+    if constrains(task):
         out["constraint"] = float(task.satisfies(samples).mean())
     if known.any():
         s, y = samples[:, known], task.y_target[known]
-        out["nll"] = float(-kde_log_density(s, y).mean())
+        out["nll_kde"] = float(-kde_log_density(s, y).mean())
         out["crps"] = float(np.mean(sr.crps_ensemble(y, s.T)))
         out["energy"] = float(sr.es_ensemble(y, s)) / len(y)
         out |= _interval_metrics(np.quantile(s, QUANTILES, axis=0).T, y)
@@ -96,7 +108,7 @@ def bins_metrics(task: Task, bins: BinnedDensity, n_quantiles: int = 512) -> dic
     meets the text everywhere is the product of the per-target masses inside its interval.
     """
     out: dict[str, float] = {}
-    if task.constraint_lo is not None:
+    if constrains(task):
         out["constraint"] = float(np.prod(bins.mass_inside(task.constraint_lo, task.constraint_hi)[0]))
     known = np.isfinite(task.y_target)
     if not known.any():
@@ -110,12 +122,20 @@ def bins_metrics(task: Task, bins: BinnedDensity, n_quantiles: int = 512) -> dic
     return out
 
 
+def gaussian_quantiles(mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Quantiles (m, 5) at QUANTILES of the marginals of N(mean (m,), cov (m, m))."""
+    return mean[:, None] + np.sqrt(np.diag(cov))[:, None] * stats.norm.ppf(QUANTILES)[None, :]
+
+
 def gaussian_metrics(task: Task, mean: np.ndarray, cov: np.ndarray) -> dict[str, float]:
-    """Exact metrics of a Gaussian predictive (the GP oracle); mean (m,), cov (m, m)."""
+    """Exact metrics of a Gaussian predictive (the fitted GP, the GP oracle) at the targets whose
+    truth is known (none: no metric); mean (m,), cov (m, m), data units."""
     known = np.isfinite(task.y_target)
+    if not known.any():
+        return {}
     y, mu, c = task.y_target[known], mean[known], cov[np.ix_(known, known)]
     sd = np.sqrt(np.diag(c))
-    quant = mu[:, None] + sd[:, None] * stats.norm.ppf(QUANTILES)[None, :]
+    quant = gaussian_quantiles(mu, c)
     return {
         "nll": float(-stats.norm.logpdf(y, mu, sd).mean()),
         "crps": float(np.mean(sr.crps_normal(y, mu, sd))),

@@ -16,7 +16,9 @@ from llmflow.binned import BinnedDensity  # noqa: E402
 from llmflow.io import write_file  # noqa: E402
 from llmflow.tasks import Task  # noqa: E402
 
-COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue", "llm-ndp-cal": "tab:purple"}
+# A colour per method, in the order of the task figures' panels.
+COLORS = {"ndp": "tab:gray", "i-llmp": "tab:orange", "a-llmp": "tab:green", "llm-ndp": "tab:blue",
+          "llm-ndp-cal": "tab:purple", "gp": "tab:brown"}
 LEVELS = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
 # Fixed metadata keeps PNG/PDF bytes identical across runs.
 PNG_META = {"Software": None}
@@ -63,24 +65,24 @@ def _trajectories(ax: plt.Axes, x: np.ndarray, samples: np.ndarray, color: str, 
 
 
 def figure1(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity, x_prior: np.ndarray, prior_samples: np.ndarray, path: str | Path) -> None:
-    """Quantile bands of I-LLMP, A-LLMP, LLM-NDP; their samples; unconditional NDP samples."""
+    """Quantile bands of I-LLMP, A-LLMP, LLM-NDP and the fitted GP; their samples; unconditional
+    NDP samples. The bands of sample methods are their samples' quantiles."""
     x = task.x_target[:, 0]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=False)
-    bands = {"i-llmp": bins.quantiles(LEVELS)[0]} | {
-        m: np.quantile(samples[m], LEVELS, axis=0).T for m in ("a-llmp", "llm-ndp")
-    }
+    drawn = ("a-llmp", "llm-ndp", "gp")
+    fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), sharex=False)
+    bands = {"i-llmp": bins.quantiles(LEVELS)[0]} | {m: np.quantile(samples[m], LEVELS, axis=0).T for m in drawn}
     for ax, (method, quant) in zip(axes[0], bands.items()):
         _band(ax, x, quant, COLORS[method], method)
         _context(ax, task)
         ax.set_title(f"{method}: quantiles 5/25/50/75/95")
-    for ax, method in zip(axes[1][:2], ("a-llmp", "llm-ndp")):
+    for ax, method in zip(axes[1][:3], drawn):
         _trajectories(ax, x, samples[method], COLORS[method])
         _context(ax, task)
         ax.set_title(f"{method}: samples")
-    _trajectories(axes[1][2], x_prior[:, 0], prior_samples, COLORS["ndp"])
-    axes[1][2].set_title("NDP: unconditional samples")
-    ylim = axes[0][2].get_ylim()
-    for ax in axes.flat[:5]:
+    _trajectories(axes[1][3], x_prior[:, 0], prior_samples, COLORS["ndp"])
+    axes[1][3].set_title("NDP: unconditional samples")
+    ylim = axes[0][2].get_ylim()  # LLM-NDP's
+    for ax in axes.flat[:7]:
         ax.set_ylim(ylim)
     fig.suptitle(f"{task.name}: “{task.text}”", fontsize=11)
     fig.tight_layout()
@@ -141,12 +143,13 @@ def figure2(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity, pat
     save(fig, path)
 
 
-def calibration(summary: pd.DataFrame, path: str | Path) -> None:
-    """Empirical coverage of the central 50% and 90% intervals against nominal, per method."""
+def calibration(tasks: pd.DataFrame, path: str | Path) -> None:
+    """Empirical coverage of the central 50% and 90% intervals against nominal, per method: the
+    mean over tasks of ``tasks`` (the per-task rows, ``results/metrics/tasks.csv``)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     for method, color in COLORS.items():
-        rows = summary[summary["method"] == method]
+        rows = tasks[tasks["method"] == method]
         cov = [rows.loc[rows["metric"] == f"coverage{p}", "value"].mean() for p in (50, 90)]
         if not np.all(np.isnan(cov)):
             ax.plot([0.5, 0.9], cov, "o-", color=color, label=method)
@@ -175,12 +178,13 @@ def task_figure(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity,
     with an empty y get bands only)."""
     x = task.x_target[:, 0]
     known = np.isfinite(task.y_target)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, len(COLORS), figsize=(4 * len(COLORS), 3.8), sharey=True)
     quant = {"i-llmp": bins.quantiles(LEVELS)[0]} | {m: np.nanquantile(s, LEVELS, axis=0).T for m, s in samples.items()}
-    for ax, method in zip(axes, ("ndp", "i-llmp", "a-llmp", "llm-ndp")):
+    for ax, method in zip(axes, COLORS):
         _context(ax, task)
         if method not in quant:  # A-LLMP runs on the tasks of allmp.tasks only
-            ax.text(0.5, 0.5, "not sampled\n(allmp.tasks)", transform=ax.transAxes, ha="center", va="center")
+            why = "\n(allmp.tasks)" if method == "a-llmp" else ""
+            ax.text(0.5, 0.5, "not sampled" + why, transform=ax.transAxes, ha="center", va="center")
             ax.set_title(method)
             continue
         _band(ax, x, quant[method], COLORS[method], method, task.x_context[:, 0])

@@ -43,7 +43,8 @@ LLM_CACHE = {"expert": f"results/expert/{MODEL_LABEL}/.cache", "allmp": f"result
 SAMPLE_STORE = "results/samples/{task}/{method}.zarr"
 PREDICTIONS = "results/predictions/{task}"  # llmflow.evaluate.write_predictions writes PREDICTION files into it
 PREDICTION = "results/predictions/{task}/{method}.csv"
-SUMMARY = {"csv": "results/metrics/summary.csv", "md": "results/metrics/summary.md"}
+# The evaluate stage's tables: per task and method (tasks.csv), per family and method (summary.*)
+SUMMARY = {"tasks": "results/metrics/tasks.csv", "csv": "results/metrics/summary.csv", "md": "results/metrics/summary.md"}
 
 
 def figure(name, ext="png"):

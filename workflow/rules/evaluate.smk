@@ -1,10 +1,11 @@
 rule evaluate:
-    """Metrics of every method on every task, the summary tables, and the predictions export of
+    """Metrics of every method on every task, their summary per family, and the predictions export of
     the built-in tasks (a user task's comes from its rule user_<name>, below)."""
     input:
         tasks=TASK_STORES,
         results=results_of(TASKS),
     output:
+        tasks=SUMMARY["tasks"],
         summary=report(SUMMARY["csv"], caption="../report/summary.rst", category="Metrics"),
         table=SUMMARY["md"],
         predictions=[PREDICTION.format(task=t, method=m) for t in BUILTIN_TASKS for m in TASK_METHODS[t]],
@@ -25,7 +26,7 @@ rule figures:
     """Fig. 1, Fig. 2 and calibration (PNG + PDF)."""
     input:
         model=NDP_MODEL,
-        summary=SUMMARY["csv"],
+        tasks_csv=SUMMARY["tasks"],
         tasks=TASK_STORES,
         results=results_of(TASKS),
     output:

@@ -22,3 +22,24 @@ rule sample:
         "../../envs/llmflow.yaml"
     script:
         "../scripts/sample.py"
+
+
+rule gp:
+    """The fitted-GP baseline of one task (llmflow.gpfit): its exact predictive (mean,
+    covariance) and joint samples, in a sample store like the other methods'."""
+    input:
+        task=TASK_STORE,
+    output:
+        directory(SAMPLE_STORE.format(task="{task}", method="gp")),
+    log:
+        "logs/gp/{task}.log",
+    wildcard_constraints:
+        task="|".join(map(re.escape, TASKS)),
+    params:
+        seed=config["seed"],
+        sample=config["sample"],
+        x_range=config["prior"]["x_range"],
+    conda:
+        "../../envs/llmflow.yaml"
+    script:
+        "../scripts/gp.py"

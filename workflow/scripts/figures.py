@@ -6,6 +6,7 @@ import xarray as xr
 
 from llmflow import plots
 from llmflow.binned import BinnedDensity
+from llmflow.evaluate import read_samples
 from llmflow.logs import log_errors
 from llmflow.ndp import TrainedNDP
 from llmflow.predict import unconditional_samples
@@ -18,7 +19,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     def load(name):
         i = p.tasks.index(name)
         task = Task.from_dataset(xr.open_zarr(snakemake.input.tasks[i]))
-        samples = {m: xr.open_zarr(path)["y"].values for m, path in p.samples[name].items()}
+        samples, _ = read_samples(p.samples[name])
         return task, samples, BinnedDensity.from_store(p.experts[i], task)
 
     if p.figure_task not in p.tasks:
@@ -29,5 +30,5 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     prior = unconditional_samples(model, x_prior, 12, SamplerConfig.from_config(p.sampler), p.seed)
     plots.figure1(task, samples, bins, x_prior, prior, snakemake.output.fig1)
     plots.figure2(task, samples, bins, snakemake.output.fig2)
-    plots.calibration(pd.read_csv(snakemake.input.summary), snakemake.output.calibration)
+    plots.calibration(pd.read_csv(snakemake.input.tasks_csv), snakemake.output.calibration)
     log.info("wrote figures for %s", p.figure_task)
