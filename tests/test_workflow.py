@@ -110,12 +110,12 @@ def test_tiny_run_scores_every_method_on_every_task(tiny_run: Path):
     assert list(tasks.columns) == ["task", "family", "method", "metric", "value"]
     for task in TINY_TASKS:
         methods = set(tasks.loc[tasks.task == task, "method"])
-        assert {"ndp", "i-llmp", "a-llmp", "llm-ndp", "gp"} <= methods, (task, methods)
+        assert {"ndp", "i-llmp", "a-llmp", "llm-ndp", "llm-ndp-cal", "gp"} <= methods, (task, methods)
     gp = tasks[tasks.task == "gp-se-000"]
     assert {"gp_oracle"} <= set(gp.method) and "joint_loglik" in set(gp.metric)
     # exact NLL where a density exists, the KDE estimate (nll_kde) for the other sample methods
     assert set(gp.loc[gp.metric == "nll", "method"]) == {"i-llmp", "gp", "gp_oracle"}
-    assert set(gp.loc[gp.metric == "nll_kde", "method"]) == {"ndp", "a-llmp", "llm-ndp"}
+    assert set(gp.loc[gp.metric == "nll_kde", "method"]) == {"ndp", "a-llmp", "llm-ndp", "llm-ndp-cal"}
     text = tasks[(tasks.task == "text-zero_after_30") & (tasks.metric == "constraint")]
     assert set(text.method) >= {"ndp", "llm-ndp", "gp"} and text.value.between(0, 1).all()
     summary = pd.read_csv(tiny_run / "results/metrics/summary.csv")
@@ -129,13 +129,14 @@ def test_tiny_run_scores_every_method_on_every_task(tiny_run: Path):
 def test_tiny_run_samples_and_predictions(tiny_run: Path):
     task = xr.open_zarr(tiny_run / "results/tasks/synth-sine.zarr")
     # expert.shards = 2 deals gp-se-000, synth-sine, text-zero_after_30, real-nile over shards 0, 1
-    for store in ("samples/synth-sine/ndp.zarr", "samples/synth-sine/llm-ndp.zarr", "samples/a-llmp/shard-1/synth-sine.zarr"):
+    for store in ("samples/synth-sine/ndp.zarr", "samples/synth-sine/llm-ndp.zarr", "samples/synth-sine/llm-ndp-cal.zarr",
+                  "samples/a-llmp/shard-1/synth-sine.zarr"):
         ds = xr.open_zarr(tiny_run / "results" / store)
         assert ds["y"].dims == ("sample", "target") and ds.sizes["target"] == task.sizes["target"]
     expert = xr.open_zarr(tiny_run / "results/expert/smollm2-135m/shard-1/synth-sine.zarr")
     mass = np.exp(expert["logp"]).sum("bin") + expert["lost_mass"]
     np.testing.assert_allclose(mass.values, 1.0, atol=1e-9)
-    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "gp"):
+    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "llm-ndp-cal", "gp"):
         pred = pd.read_csv(tiny_run / f"results/predictions/synth-sine/{method}.csv")
         assert list(pred.columns) == ["x", "mean", "median", "q05", "q25", "q75", "q95"]
         assert len(pred) == task.sizes["target"]
@@ -216,10 +217,10 @@ def test_predict_runs_only_what_the_user_tasks_need(predict_run):
     assert {s for s in stores if s.startswith("results/expert/")} == {"results/expert/smollm2-135m/shard-2/user-temperature.zarr"}
     assert {s for s in stores if s.startswith("results/samples/")} == {
         "results/samples/user-temperature/ndp.zarr", "results/samples/user-temperature/llm-ndp.zarr",
-        "results/samples/user-temperature/gp.zarr", "results/samples/a-llmp/shard-2/user-temperature.zarr"}
+        "results/samples/user-temperature/llm-ndp-cal.zarr", "results/samples/user-temperature/gp.zarr", "results/samples/a-llmp/shard-2/user-temperature.zarr"}
     assert not any(f.startswith(("results/prior/test/", "results/bench/", "results/metrics/")) for f in files)
     assert {f for f in files if f.startswith(("results/predictions/", "results/figures/"))} == {
-        *(f"results/predictions/user-temperature/{m}.csv" for m in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "gp")),
+        *(f"results/predictions/user-temperature/{m}.csv" for m in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "llm-ndp-cal", "gp")),
         "results/figures/user-temperature.png", "results/figures/user-temperature.pdf"}
 
 
@@ -227,7 +228,7 @@ def test_predict_covers_targets_without_truth(predict_run):
     workdir, _ = predict_run
     task = xr.open_zarr(workdir / "results/tasks/user-temperature.zarr")
     assert np.isnan(task["y_target"].values[-2:]).all()  # months 11 and 12 have an empty y
-    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "gp"):
+    for method in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "llm-ndp-cal", "gp"):
         pred = pd.read_csv(workdir / f"results/predictions/user-temperature/{method}.csv")
         assert pred["x"].tolist() == [7, 8, 9, 10, 11, 12]
         assert np.isfinite(pred.drop(columns="x").to_numpy()).all(), method
