@@ -96,3 +96,15 @@ def test_sane_range_is_the_documented_one():
     check_samples(task, np.array([[10.0 + SANE_SCALES * 10.0]]), "ndp", frame)
     with pytest.raises(ValueError, match=r"sane range \[-1e\+04, 1e\+04\]"):
         check_samples(task, np.array([[10.0 + SANE_SCALES * 10.0 + 1.0]]), "ndp", frame)
+
+
+def test_leave_one_out_samples_refuse_points_of_other_data():
+    from llmflow.predict import leave_one_out_samples
+
+    task = Task("t", "synth", "", np.array([[0.0], [1.0], [2.0]]), np.array([0.0, 1.0, 0.5]), np.array([[3.0]]), np.array([0.2]))
+    frame = TaskFrame.fit(task, (-2.0, 2.0), 1.0)
+    model = TrainedNDP(GPField(), YNormalisation())
+    draws = leave_one_out_samples(model, task, frame, np.array([[0.0], [2.0]]), np.array([0.0, 0.5]), 8, SAMPLER, 0)
+    assert draws.shape == (2, 8) and np.isfinite(draws).all()
+    with pytest.raises(ValueError, match=r"task 't': a held-out point .* is not one of its context points"):
+        leave_one_out_samples(model, task, frame, np.array([[0.5]]), np.array([0.0]), 8, SAMPLER, 0)

@@ -140,9 +140,15 @@ def sample_task(model: TrainedNDP, task: Task, frame: TaskFrame, n_samples: int,
 def leave_one_out_samples(model: TrainedNDP, task: Task, frame: TaskFrame, x_held: np.ndarray, y_held: np.ndarray,
                           n_samples: int, sampler: SamplerConfig, seed: int) -> np.ndarray:
     """The NDP's samples (K, S) at each held-out context point (x_held (K, D), y_held (K,), data
-    units) given the task's other context points, in the task's frame; one batch of K tasks."""
-    held = [int(np.flatnonzero(np.all(task.x_context == x, axis=1) & (task.y_context == y))[0])
-            for x, y in zip(x_held, y_held)]
+    units) given the task's other context points, in the task's frame; one batch of K tasks.
+    ValueError where a held-out point is not a context point of ``task``."""
+    held = []
+    for x, y in zip(x_held, y_held):
+        match = np.flatnonzero(np.all(task.x_context == x, axis=1) & (task.y_context == y))
+        if not len(match):
+            raise ValueError(f"task {task.name!r}: a held-out point (x = {x}, y = {y:g}) is not one of its context "
+                             "points; its expert store belongs to other data (rerun its expert job)")
+        held.append(int(match[0]))
     keep = [np.arange(len(task.y_context)) != i for i in held]
     x_ctx = np.stack([frame.x(task.x_context[k]) for k in keep])
     y_ctx = np.stack([frame.y(task.y_context[k]) for k in keep])
