@@ -42,3 +42,15 @@ def test_checkpoints_keep_the_newest(tmp_path: Path):
     assert [p.name for p in kept] == ["step-00000020.pt", "step-00000100.pt"]
     assert float(checkpoint.read_checkpoint(kept[-1], "cpu")["value"]) == 100.0
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in kept]
+
+
+def test_a_model_from_before_context_tokens_loads_as_a_joint_model(tmp_path: Path):
+    old = NDPConfig(dim=16, depth=1, heads=2, context_tokens=False)
+    torch.manual_seed(0)
+    net = NDP(old)
+    config = old.to_dict()
+    del config["context_tokens"]  # model.pt files written before the setting existed
+    torch.save({"format": checkpoint.MODEL_FORMAT, "ndp_config": config, "state_dict": net.state_dict(),
+                "normalisation": {"loc": 0.0, "scale": 1.0}}, tmp_path / "model.pt")
+    loaded = checkpoint.load_model(tmp_path / "model.pt")
+    assert loaded.net.config == old and not loaded.context_tokens

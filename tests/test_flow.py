@@ -75,3 +75,21 @@ def test_loss_is_zero_for_the_true_velocity_and_ignores_padding():
     loss = flow.flow_matching_loss(zero, torch.zeros(2, 5, 1), y1, mask, t, y0)
     expected = ((y1 - y0)[mask] ** 2).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_loss_with_context_sees_clean_context_and_scores_only_the_rest():
+    y0, y1 = torch.randn(2, 5), torch.randn(2, 5)
+    t = torch.tensor([0.3, 0.6])
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    context = torch.tensor([[True, False, True, False, False], [False, True, False, False, False]])
+    seen = {}
+
+    def net(x, y_in, tt, m, c):  # exact away from the context, huge error at context points
+        seen["y"], seen["context"] = y_in, c
+        return torch.where(c | ~m, torch.full_like(y_in, 1e6), y1 - y0)
+
+    assert flow.flow_matching_loss(net, torch.zeros(2, 5, 1), y1, mask, t, y0, context).item() == 0.0
+    assert torch.equal(seen["context"], context)
+    torch.testing.assert_close(seen["y"][context], y1[context])  # context points are clean data
+    yt = flow.interpolate(y0, y1, t)
+    torch.testing.assert_close(seen["y"][~context], yt[~context])

@@ -11,6 +11,8 @@ from llmflow.kernels import Kernel
 from llmflow.likelihood import LikelihoodConfig, conditional_log_likelihood, log_density, marginal_log_likelihood
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 
+from fields import ConditionalGPField
+
 LS, NOISE = 0.5, 0.1
 
 
@@ -78,6 +80,34 @@ def test_conditional_and_marginal_likelihoods_are_the_gp_posterior(gp_data):
         assert joint[i] == pytest.approx(post.log_prob(yt) / len(yt), abs=2e-4)
         want = stats.norm.logpdf(yt, post.mean, np.sqrt(np.diag(post.cov)))
         np.testing.assert_allclose(marg[i][tmask[i]], want, atol=1e-3)
+
+
+@pytest.mark.parametrize("conditioning", ["tokens", "guidance"])
+def test_direct_conditional_of_a_context_token_flow_is_the_gp_posterior(gp_data, conditioning):
+    # The same analytic network read two ways: its direct conditional (context fixed, only the
+    # targets flow) and the ratio of its joints; both are the exact GP posterior.
+    x, y, mask = gp_data
+    loc, scale = -0.5, 1.5
+    model = TrainedNDP(ConditionalGPField(LS, NOISE), YNormalisation(loc, scale))
+    n = 4
+    cmask, tmask = mask[:, :n], mask[:, n:]
+    args = (model, x[:, :n], loc + scale * y[:, :n], x[:, n:], loc + scale * y[:, n:], cmask, tmask, LikelihoodConfig(steps=32))
+    joint = conditional_log_likelihood(*args, conditioning=conditioning)
+    marg = marginal_log_likelihood(*args, conditioning=conditioning)
+    assert np.isnan(marg[1, 9 - n:]).all()
+    for i in range(len(x)):
+        post = posterior(KERNEL, x[i, :n], y[i, :n], x[i, n:][tmask[i]], NOISE)
+        yt = y[i, n:][tmask[i]]
+        assert joint[i] == pytest.approx(post.log_prob(yt) / len(yt) - np.log(scale), abs=2e-4)
+        want = stats.norm.logpdf(yt, post.mean, np.sqrt(np.diag(post.cov))) - np.log(scale)
+        np.testing.assert_allclose(marg[i][tmask[i]], want, atol=2e-3)  # float32 network output
+
+
+def test_a_context_needs_context_tokens(gp_data):
+    x, y, mask = gp_data
+    with pytest.raises(ValueError, match="context tokens"):
+        conditional_log_likelihood(TrainedNDP(GPField(), YNormalisation()), x[:, :4], y[:, :4], x[:, 4:], y[:, 4:],
+                                   conditioning="tokens")
 
 
 def test_hutchinson_is_unbiased_for_the_exact_divergence(gp_data):

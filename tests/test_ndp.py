@@ -1,5 +1,6 @@
 """The DiT velocity network: equivariance, masks, zero-init, input dimension."""
 
+import pytest
 import torch
 
 from llmflow.ndp import NDP, NDPConfig
@@ -59,3 +60,22 @@ def test_multidimensional_inputs_and_time_dependence():
     assert u0.shape == (4, 5) and torch.isfinite(u0).all()
     assert not torch.allclose(u0, u1)
     assert torch.equal(net(x, y, torch.tensor(0.1)), u0)  # scalar t broadcasts
+
+
+def test_context_flags_change_the_output_and_stay_equivariant():
+    net = _net()
+    x, y, t = torch.randn(2, 9, 1), torch.randn(2, 9), torch.rand(2)
+    context = torch.zeros(2, 9, dtype=torch.bool)
+    context[:, :3] = True
+    u = net(x, y, t, None, context)
+    assert torch.equal(net(x, y, t), net(x, y, t, None, torch.zeros_like(context)))  # no flag = the joint
+    assert not torch.allclose(u, net(x, y, t), atol=1e-3)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(net(x[:, perm], y[:, perm], t, None, context[:, perm]), u[:, perm])
+
+
+def test_a_network_without_context_tokens_refuses_a_context():
+    net = NDP(NDPConfig(dim=16, depth=1, heads=2, context_tokens=False))
+    assert net.embed[0].in_features == 2
+    with pytest.raises(ValueError, match="no context tokens"):
+        net(torch.randn(1, 4, 1), torch.randn(1, 4), torch.rand(1), None, torch.ones(1, 4, dtype=torch.bool))

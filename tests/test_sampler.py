@@ -8,6 +8,8 @@ from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 from llmflow.poe import ExpertTerm
 from llmflow.sampler import sample
 
+from fields import ConditionalGPField
+
 
 class GaussianField:
     """Exact velocity for independent data y1_i ~ N(mu_i, var_i) (model units), any number of points.
@@ -108,6 +110,43 @@ def test_expert_term_samples_the_product_of_experts(jacobian):
     assert {r for _, r in expert.calls} <= {np.sqrt(posterior_var(float(t))) for t in grid}
 
 
+def test_tokens_draw_the_networks_own_conditional():
+    # An analytic network with context tokens (the exact flow of a GP's conditional): the
+    # context stays at its observations and the targets follow the GP posterior.
+    from llmflow.gp import posterior
+    from llmflow.kernels import Kernel
+
+    field = ConditionalGPField(lengthscale=0.5, noise=0.1)
+    loc, scale = 1.0, 2.0
+    x_ctx, x_tgt = torch.tensor([[[-1.0], [0.0], [0.7]]]), torch.tensor([[[-0.5], [0.3], [1.5]]])
+    y_ctx = torch.tensor([[0.8, -0.4, 0.5]])
+    s = sample(_model(field, loc, scale), x_ctx, loc + scale * y_ctx, x_tgt, 20000, conditioning="tokens",
+               solver="heun", steps=40, generator=torch.Generator().manual_seed(6))
+    assert np.all(s.y_ctx[0] == (loc + scale * y_ctx.numpy())[0].astype(np.float32))
+    post = posterior(Kernel("se", lengthscale=0.5), x_ctx[0].double().numpy(), y_ctx[0].double().numpy(),
+                     x_tgt[0].double().numpy(), 0.1)
+    np.testing.assert_allclose(s.y_tgt[0].mean(0), loc + scale * post.mean, atol=0.03)
+    np.testing.assert_allclose(np.cov(s.y_tgt[0].T), scale**2 * post.cov, atol=0.03)
+
+
+def test_tokens_keep_the_expert_product_exact():
+    # Independent N(0, 1) data (a GP with a vanishing lengthscale and no noise): with the context
+    # given as tokens, the expert's product at the targets is still N(a / (1 + b²), b² / (1 + b²)).
+    a, b2 = 2.0, 0.5
+    expert = GaussianExpert(torch.tensor([a]), b2)
+    s = sample(_model(ConditionalGPField(lengthscale=1e-3, noise=0.0)), torch.tensor([[[-3.0], [3.0]]]),
+               torch.tensor([[1.0, -1.0]]), torch.tensor([[[0.0], [1.0]]]), 10000, conditioning="tokens",
+               solver="heun", steps=60, jacobian="exact", expert=ExpertTerm(expert, 1.0),
+               generator=torch.Generator().manual_seed(7))
+    np.testing.assert_allclose(s.y_tgt[0].mean(0), a / (1 + b2), atol=0.03)
+    np.testing.assert_allclose(s.y_tgt[0].var(0), b2 / (1 + b2), rtol=0.06)
+
+
+def test_tokens_need_a_network_with_context_tokens():
+    with pytest.raises(ValueError, match="context tokens"):
+        sample(_model(GaussianField()), torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.zeros(1, 2, 1), 4, conditioning="tokens")
+
+
 def test_expert_fade_leaves_targets_at_the_context_to_the_ndp():
     # Independent N(0, 1) data, expert N(a, b²) at every target. Target 0 sits on the valid
     # context point (x = 0, weight 0), target 1 far from it (weight 1): the first must stay
@@ -136,8 +175,9 @@ def test_results_do_not_depend_on_batch_size():
     np.testing.assert_allclose(chunked.y_ctx, full.y_ctx, atol=1e-6)
 
 
+@pytest.mark.parametrize("conditioning", ["tokens", "guidance"])
 @pytest.mark.parametrize("solver", ["euler", "heun"])
-def test_zero_noise_conditioning_passes_through_the_context(solver):
+def test_zero_noise_conditioning_passes_through_the_context(solver, conditioning):
     torch.manual_seed(0)
     net = NDP(NDPConfig(dim=32, depth=2, heads=4))
     with torch.no_grad():
@@ -147,7 +187,7 @@ def test_zero_noise_conditioning_passes_through_the_context(solver):
     model = TrainedNDP(net.eval(), YNormalisation(0.5, 2.0))
     x_ctx, y_ctx = torch.rand(2, 3, 1), torch.randn(2, 3)
     ctx_mask = torch.tensor([[True, True, True], [True, False, False]])
-    s = sample(model, x_ctx, y_ctx, torch.rand(2, 4, 1), 16, ctx_mask=ctx_mask, solver=solver, steps=20,
+    s = sample(model, x_ctx, y_ctx, torch.rand(2, 4, 1), 16, ctx_mask=ctx_mask, conditioning=conditioning, solver=solver, steps=20,
                noise_std=0.0, jacobian="free", generator=torch.Generator().manual_seed(4))
     want = np.broadcast_to(y_ctx.numpy()[:, None, :], s.y_ctx.shape)
     np.testing.assert_allclose(s.y_ctx[ctx_mask.numpy()[:, None, :].repeat(16, 1)], want[ctx_mask.numpy()[:, None, :].repeat(16, 1)], atol=1e-4)

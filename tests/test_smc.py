@@ -91,3 +91,22 @@ def test_rejects_zero_context_noise():
     model = TrainedNDP(BimodalFlow(), YNormalisation())
     with pytest.raises(ValueError, match="noise_std"):
         sample_smc(model, np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((1, 1, 1)), 4, noise_std=0.0)
+
+
+def test_tokens_keep_the_context_fixed_and_draw_the_conditional():
+    # An analytic network with context tokens, no expert: the context stays at its
+    # observations, the weights stay equal, and the target follows the GP posterior (zero
+    # context noise is fine: the context does not guide).
+    from llmflow.gp import posterior
+    from llmflow.kernels import Kernel
+
+    from fields import ConditionalGPField
+
+    x_ctx, y_ctx, x_tgt = np.array([[[-0.4], [0.4]]]), np.array([[1.0, -0.5]]), np.array([[[0.0]]])
+    out = sample_smc(TrainedNDP(ConditionalGPField(0.5, 0.1), YNormalisation()), x_ctx, y_ctx, x_tgt, 4000,
+                     conditioning="tokens", noise_std=0.0, steps=60, generator=torch.Generator().manual_seed(2))
+    assert np.all(out.y_ctx[0] == y_ctx.astype(np.float32))
+    np.testing.assert_allclose(out.ess, 4000.0, rtol=1e-6)
+    post = posterior(Kernel("se", lengthscale=0.5), x_ctx[0], y_ctx[0], x_tgt[0], 0.1)
+    assert abs(out.y_tgt.mean() - post.mean[0]) < 0.03
+    assert abs(out.y_tgt.std() - np.sqrt(post.cov[0, 0])) < 0.03

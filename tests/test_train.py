@@ -8,7 +8,7 @@ import llmflow.train as train_mod
 from llmflow.io import write_zarr
 from llmflow.ndp import NDPConfig, TrainedNDP
 from llmflow.prior import PriorConfig, make_shard, prior_config_json
-from llmflow.train import TrainConfig, learning_rate, load_prior_shards, run_training, train
+from llmflow.train import TrainConfig, context_split, learning_rate, load_prior_shards, run_training, train
 
 PRIOR = {
     "x_dim": 1, "x_range": [-2.0, 2.0], "n_points": [8, 16], "kernels": ["se", "matern52"],
@@ -47,6 +47,24 @@ def test_schedule_warms_up_then_decays_to_zero():
     lrs = [learning_rate(s, cfg) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
+
+
+def test_context_split_draws_random_subsets_of_the_valid_points():
+    mask = torch.ones(20000, 10, dtype=torch.bool)
+    mask[::2, 6:] = False  # half the rows have 6 valid points
+    ctx = context_split(mask, 0.2, torch.Generator().manual_seed(0))
+    assert not (ctx & ~mask).any()
+    k = ctx.sum(1)
+    empty = k == 0
+    assert abs(empty.float().mean().item() - 0.2) < 0.01
+    # otherwise 1..n−1 points, uniformly
+    assert set(k[1::2][~empty[1::2]].tolist()) == set(range(1, 10))
+    assert set(k[::2][~empty[::2]].tolist()) == set(range(1, 6))
+    assert abs(k[::2][~empty[::2]].float().mean().item() - 3.0) < 0.05
+    # every valid point is equally likely to be context
+    share = ctx[::2, :6].float().mean(0)
+    assert (share - share.mean()).abs().max() < 0.02
+    assert not context_split(mask, 1.0, torch.Generator().manual_seed(0)).any()
 
 
 def test_smoke_run_reduces_the_loss(shards, tmp_path):

@@ -42,7 +42,8 @@ def save_model(model: TrainedNDP, path: str | os.PathLike, **extra: object) -> N
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedNDP:
     """Read a model.pt written by :func:`save_model`, in eval mode on ``device``."""
     payload = torch.load(path, map_location=device, weights_only=True)
-    net = NDP(NDPConfig(**payload["ndp_config"]))
+    # A model.pt from before context tokens existed models the joint only.
+    net = NDP(NDPConfig(**{"context_tokens": False, **payload["ndp_config"]}))
     net.load_state_dict(payload["state_dict"])
     return TrainedNDP(net.to(device).eval(), YNormalisation(**payload["normalisation"]))
 

@@ -78,20 +78,29 @@ def sample_logit_normal(n: int, mean: float, std: float, generator: torch.Genera
     return torch.sigmoid(mean + std * eps)
 
 
-VelocityNet = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
-"""``(x (B, N, D), y_t (B, N), t (B,), mask (B, N) | None) → u (B, N)``, e.g. an :class:`~llmflow.ndp.NDP`."""
+VelocityNet = Callable[..., Tensor]
+"""``(x (B, N, D), y_t (B, N), t (B,), mask (B, N) | None[, context (B, N)]) → u (B, N)``, e.g.
+an :class:`~llmflow.ndp.NDP`; only networks with context tokens take ``context``."""
 
 
 def flow_matching_loss(
-    net: VelocityNet, x: Tensor, y1: Tensor, mask: Tensor, t: Tensor, y0: Tensor
+    net: VelocityNet, x: Tensor, y1: Tensor, mask: Tensor, t: Tensor, y0: Tensor, context: Tensor | None = None
 ) -> Tensor:
     """Conditional flow-matching loss, the masked mean squared velocity error
 
-        L = Σ_{b,i} m_bi (u_θ(y_t, t | x)_bi − (y1 − y0)_bi)² / Σ_{b,i} m_bi.
+        L = Σ_{b,i} m_bi (u_θ(y_t, t | x, context)_bi − (y1 − y0)_bi)² / Σ_{b,i} m_bi,
 
-    x (B, N, D); y1 data and y0 noise (B, N) in normalised units; mask (B, N) bool; t (B,).
+    with m the valid points that are not context. x (B, N, D); y1 data and y0 noise (B, N) in
+    normalised units; mask (B, N) bool; t (B,); context (B, N) bool or None: points given to
+    the network clean (their y1) and flagged, left out of the loss (CSDI-style training of the
+    conditional ``p(y_tgt | context)``); None trains the joint.
     """
     yt = interpolate(y0, y1, t)
-    err = (net(x, yt, t, mask).float() - target_velocity(y0, y1)) ** 2
+    if context is None:
+        u = net(x, yt, t, mask)
+    else:
+        u = net(x, torch.where(context, y1, yt), t, mask, context)
+        mask = mask & ~context
+    err = (u.float() - target_velocity(y0, y1)) ** 2
     m = mask.to(err.dtype)
     return (err * m).sum() / m.sum()

@@ -31,8 +31,13 @@ batched backward pass over N copies of the task: cost ≈ N network rows with a 
 ``probes`` backward passes. The trajectory does not depend on ε and ℓ is linear in the trace,
 so the log-density estimate is unbiased; its variance grows with N (use it for large N).
 
+Context points (networks with context tokens, :class:`llmflow.ndp.NDPConfig`): flagged points
+stay fixed at their values and only the others flow, so the same ODE gives the model's direct
+conditional ``log p(y_tgt | context)``; the divergence and the base law run over the flowing
+points only. Without them, a conditional is the ratio ``p(ctx ∪ tgt) / p(ctx)`` of two joints.
+
 Units: inputs in data units; the network works in ``y_model = (y − loc)/scale``, so data-unit
-densities add the Jacobian ``−N log(scale)`` of the affine map.
+densities add the Jacobian ``−N log(scale)`` of the affine map (N the flowing points).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from torch import Tensor
 
 from llmflow.config import Section
 from llmflow.ndp import TrainedNDP
-from llmflow.sampler import SamplerConfig
+from llmflow.sampler import CONDITIONINGS, SamplerConfig
 
 DIVERGENCES = ("exact", "hutchinson")
 
@@ -88,8 +93,13 @@ def base_log_density(y: Tensor, mask: Tensor, t0: float) -> Tensor:
     return (-0.5 * y.double() ** 2 / var * m).sum(-1) - 0.5 * m.sum(-1) * np.log(2 * np.pi * var)
 
 
-def _exact_field(model: TrainedNDP, x: Tensor, mask: Tensor):
-    """(y, t) → (u, ∇·u): velocity and the trace of its Jacobian over the valid points.
+def _context_args(context: Tensor | None) -> tuple[Tensor, ...]:
+    return () if context is None else (context,)
+
+
+def _exact_field(model: TrainedNDP, x: Tensor, mask: Tensor, context: Tensor | None):
+    """(y, t) → (u, ∇·u): velocity and the trace of its Jacobian over the flowing points
+    ``mask`` (B, N) float, 0 at padded and context points; context (B, N) bool or None.
 
     The task is copied once per point (B·N network rows); copy i back-propagates ``u_i`` alone,
     so one backward pass yields every diagonal entry ``∂u_i/∂y_i``. (``torch.func``'s
@@ -97,13 +107,15 @@ def _exact_field(model: TrainedNDP, x: Tensor, mask: Tensor):
     """
     b, n = mask.shape
     x_rep = x[:, None].expand(b, n, *x.shape[1:]).reshape(b * n, *x.shape[1:])
-    mask_rep = mask[:, None].expand(b, n, n).reshape(b * n, n).bool()
+    valid = mask.bool() if context is None else mask.bool() | context
+    mask_rep = valid[:, None].expand(b, n, n).reshape(b * n, n)
+    ctx_rep = _context_args(None if context is None else context[:, None].expand(b, n, n).reshape(b * n, n))
     eye = torch.eye(n, device=mask.device)
 
     def field(y: Tensor, t: float) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             y_rep = y[:, None].expand(b, n, n).reshape(b * n, n).detach().requires_grad_(True)
-            u = model.net(x_rep, y_rep, torch.full((b * n,), t, device=y.device), mask_rep).float().view(b, n, n)
+            u = model.net(x_rep, y_rep, torch.full((b * n,), t, device=y.device), mask_rep, *ctx_rep).float().view(b, n, n)
             (grad,) = torch.autograd.grad(u, y_rep, grad_outputs=eye.expand(b, n, n))
         diag = torch.diagonal(grad.view(b, n, n), dim1=1, dim2=2)
         return torch.diagonal(u.detach(), dim1=1, dim2=2) * mask, (diag * mask).sum(-1)
@@ -111,14 +123,16 @@ def _exact_field(model: TrainedNDP, x: Tensor, mask: Tensor):
     return field
 
 
-def _hutchinson_field(model: TrainedNDP, x: Tensor, mask: Tensor, eps: Tensor):
-    """(y, t) → (u, mean over probes of εᵀ (∂u/∂y) ε); eps (P, B, N), zero at padded points."""
+def _hutchinson_field(model: TrainedNDP, x: Tensor, mask: Tensor, context: Tensor | None, eps: Tensor):
+    """(y, t) → (u, mean over probes of εᵀ (∂u/∂y) ε); eps (P, B, N), zero where ``mask`` (the
+    flowing points, float) is."""
+    valid = mask.bool() if context is None else mask.bool() | context
 
     def field(y: Tensor, t: float) -> tuple[Tensor, Tensor]:
         tt = torch.full((len(y),), t, device=y.device)
         with torch.enable_grad():
             y_in = y.detach().requires_grad_(True)
-            u = model.net(x, y_in, tt, mask).float()
+            u = model.net(x, y_in, tt, valid, *_context_args(context)).float()
             vjp = torch.autograd.grad(u, y_in, grad_outputs=eps, is_grads_batched=True)[0]
         return u.detach() * mask, (vjp * eps).sum(-1).mean(0)
 
@@ -147,21 +161,29 @@ def log_density(
     mask: np.ndarray | Tensor | None = None,
     cfg: LikelihoodConfig = LikelihoodConfig(),
     generator: torch.Generator | None = None,
+    context: np.ndarray | Tensor | None = None,
 ) -> np.ndarray:
-    """Joint log-density of each task's points under the NDP, in nats, data units.
+    """Log-density of each task's points under the NDP, in nats, data units.
 
     x (T, N, D), y (T, N) in data units; mask (T, N) bool, True = valid point (None = all).
-    generator: CPU generator for the Hutchinson probes. Returns (T,) float64: ``log p(y_valid)``.
-    Cost per task: 4·steps velocity evaluations, each N network rows with a backward pass
-    (exact) or one row with ``probes`` backward passes (Hutchinson).
+    context (T, N) bool: valid points given to a network with context tokens, fixed (None: no
+    context, the joint). generator: CPU generator for the Hutchinson probes. Returns (T,)
+    float64: ``log p(y_valid)`` or, with context, ``log p(y_other | y_context)``. Cost per task:
+    4·steps velocity evaluations, each N network rows with a backward pass (exact) or one row
+    with ``probes`` backward passes (Hutchinson).
     """
     dev = model.device
     x, y = (a.float().to(dev) if isinstance(a, Tensor) else torch.from_numpy(np.array(a, dtype=np.float32)).to(dev) for a in (x, y))
     n_tasks, n = y.shape
     mask = torch.ones(n_tasks, n, dtype=torch.bool) if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.bool)
     mask = mask.to(dev)
+    if context is not None:
+        if not model.context_tokens:
+            raise ValueError("a context for log_density needs a network with context tokens")
+        context = torch.as_tensor(np.asarray(context), dtype=torch.bool).to(dev) & mask
+        mask = mask & ~context  # the flowing points
+    y_model = model.norm.to_model(y) * (mask if context is None else mask | context).float()
     maskf = mask.float()
-    y_model = model.norm.to_model(y) * maskf
     grid = time_grid(cfg.steps, cfg.t0)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     eps = (2.0 * torch.randint(0, 2, (cfg.probes, n_tasks, n), generator=gen) - 1.0).to(dev) * maskf
@@ -170,10 +192,11 @@ def log_density(
     out = np.empty(n_tasks)
     for lo in range(0, n_tasks, chunk):
         sl = slice(lo, min(lo + chunk, n_tasks))
+        ctx = None if context is None else context[sl]
         if cfg.divergence == "exact":
-            field = _exact_field(model, x[sl], maskf[sl])
+            field = _exact_field(model, x[sl], maskf[sl], ctx)
         else:
-            field = _hutchinson_field(model, x[sl], maskf[sl], eps[:, sl])
+            field = _hutchinson_field(model, x[sl], maskf[sl], ctx, eps[:, sl])
         y0, ell = _rk4_backward(field, y_model[sl], grid)
         logp = base_log_density(y0, mask[sl], cfg.t0) + ell - mask[sl].sum(-1) * np.log(model.norm.scale)
         out[sl] = logp.cpu().numpy()
@@ -199,20 +222,36 @@ def conditional_log_likelihood(
     tgt_mask: np.ndarray | None = None,
     cfg: LikelihoodConfig = LikelihoodConfig(),
     generator: torch.Generator | None = None,
+    conditioning: str = SamplerConfig.conditioning,
 ) -> np.ndarray:
-    """Per-target conditional log-likelihood ``(log p(ctx ∪ tgt) − log p(ctx)) / m`` (T,), nats.
+    """Per-target conditional log-likelihood ``log p(tgt | ctx) / m`` (T,), nats.
 
-    The NDP models the joint of any finite point set, so the conditional is a ratio of two
-    ODE densities. x_ctx (T, n, D), y_ctx (T, n), x_tgt (T, m, D), y_tgt (T, m), data units;
-    masks mark valid points (None = all); m counts each task's valid targets. A task with no
-    context has ``log p(ctx) = 0``.
+    conditioning (as the sampler's): ``tokens`` — the network's direct conditional, one ODE
+    density with the context fixed; ``guidance`` — the ratio ``p(ctx ∪ tgt) / p(ctx)`` of two
+    joints (the NDP models the joint of any finite point set; a task with no context has
+    ``log p(ctx) = 0``); ``auto`` — tokens where the network has them. x_ctx (T, n, D), y_ctx
+    (T, n), x_tgt (T, m, D), y_tgt (T, m), data units; masks mark valid points (None = all);
+    m counts each task's valid targets.
     """
     n_tasks, n = np.shape(y_ctx)
     ctx_mask, tgt_mask = _valid_masks(y_ctx, y_tgt, ctx_mask, tgt_mask)
-    joint = log_density(model, np.concatenate([x_ctx, x_tgt], 1), np.concatenate([y_ctx, y_tgt], 1),
-                        np.concatenate([ctx_mask, tgt_mask], 1), cfg, generator)
+    x, y = np.concatenate([x_ctx, x_tgt], 1), np.concatenate([y_ctx, y_tgt], 1)
+    mask = np.concatenate([ctx_mask, tgt_mask], 1)
+    if _direct(model, conditioning):
+        context = np.concatenate([ctx_mask, np.zeros_like(tgt_mask)], 1)
+        return log_density(model, x, y, mask, cfg, generator, context) / tgt_mask.sum(1)
+    joint = log_density(model, x, y, mask, cfg, generator)
     ctx = log_density(model, x_ctx, y_ctx, ctx_mask, cfg, generator) if n else np.zeros(n_tasks)
     return (joint - ctx) / tgt_mask.sum(1)
+
+
+def _direct(model: TrainedNDP, conditioning: str) -> bool:
+    """Whether a conditional is the network's direct one (context tokens) or a ratio of joints."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning must be in {CONDITIONINGS}, got {conditioning!r}")
+    if conditioning == "tokens" and not model.context_tokens:
+        raise ValueError("conditioning tokens needs a network with context tokens")
+    return conditioning == "tokens" or (conditioning == "auto" and model.context_tokens)
 
 
 def marginal_log_likelihood(
@@ -225,8 +264,10 @@ def marginal_log_likelihood(
     tgt_mask: np.ndarray | None = None,
     cfg: LikelihoodConfig = LikelihoodConfig(),
     generator: torch.Generator | None = None,
+    conditioning: str = SamplerConfig.conditioning,
 ) -> np.ndarray:
-    """Exact per-target marginal ``log p(y_i | ctx) = log p(ctx ∪ {i}) − log p(ctx)`` (T, m), nats.
+    """Exact per-target marginal ``log p(y_i | ctx)`` (T, m), nats: direct, or
+    ``log p(ctx ∪ {i}) − log p(ctx)``, by ``conditioning`` as in :func:`conditional_log_likelihood`.
 
     One ODE density per (task, target) on n + 1 points (shapes as in
     :func:`conditional_log_likelihood`); NaN at padded targets. Cost ≈ m ODE solves of n + 1
@@ -242,6 +283,10 @@ def marginal_log_likelihood(
     x = np.concatenate([rep(x_ctx), np.asarray(x_tgt).reshape(n_tasks * m, 1, -1)], 1)
     y = np.concatenate([rep(y_ctx), np.asarray(y_tgt).reshape(n_tasks * m, 1)], 1)
     mask = np.concatenate([rep(ctx_mask), tgt_mask.reshape(n_tasks * m, 1)], 1)
+    if _direct(model, conditioning):
+        context = np.concatenate([rep(ctx_mask), np.zeros((n_tasks * m, 1), bool)], 1)
+        one = log_density(model, x, y, mask, cfg, generator, context).reshape(n_tasks, m)
+        return np.where(tgt_mask, one, np.nan)
     one = log_density(model, x, y, mask, cfg, generator).reshape(n_tasks, m)
     ctx = log_density(model, x_ctx, y_ctx, ctx_mask, cfg, generator) if n else np.zeros(n_tasks)
     return np.where(tgt_mask, one - ctx[:, None], np.nan)

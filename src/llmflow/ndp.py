@@ -7,8 +7,12 @@ network maps the noisy values ``y_t`` at flow time ``t`` to a velocity per point
 
 Architecture (Peebles & Xie's DiT, with points in place of image patches):
 
-- token embedding: ``h_i = W₂ GeLU(W₁ [x_i, y_t,i] + b₁) + b₂`` — low-dimensional raw inputs are
-  lifted before any layer norm sees them;
+- token embedding: ``h_i = W₂ GeLU(W₁ [x_i, y_i, c_i] + b₁) + b₂`` — low-dimensional raw inputs are
+  lifted before any layer norm sees them. With context tokens (``context_tokens``, the default)
+  ``c_i`` flags a context point whose ``y_i`` is its clean observed value, while the other
+  points carry the noisy ``y_t,i`` (CSDI's conditioning, Tashiro et al. 2021): the network then
+  models ``p(y_tgt | context)`` directly and the joint is the case of no flagged point. Without
+  context tokens there is no flag and the network models the joint only;
 - time embedding: sinusoidal features of ``t`` → MLP → ``c ∈ R^dim``, shared by all tokens;
 - ``depth`` blocks, each conditioned on ``c`` by adaLN-zero: ``(β₁, γ₁, α₁, β₂, γ₂, α₂) =
   W SiLU(c)`` with ``W`` zero-initialised, and
@@ -46,7 +50,9 @@ class NDPConfig(Section):
 
     x_dim: input dimension D ≥ 1 (derived: ``prior.x_dim``). dim: token width. depth: number of blocks. heads: attention
     heads (dim must be divisible). mlp_ratio: hidden width of the block MLP / dim.
-    time_freqs: number of sinusoidal time features.
+    time_freqs: number of sinusoidal time features. context_tokens: the network takes flagged,
+    clean context points (trained on random context/target splits) instead of modelling only
+    the joint.
     """
 
     KEY: ClassVar[str] = "ndp"
@@ -57,6 +63,7 @@ class NDPConfig(Section):
     heads: int = 4
     mlp_ratio: float = 2.0
     time_freqs: int = 64
+    context_tokens: bool = True
 
     def __post_init__(self) -> None:
         if self.x_dim < 1:
@@ -149,21 +156,29 @@ class NDP(nn.Module):
         super().__init__()
         self.config = config
         d = config.dim
-        self.embed = nn.Sequential(nn.Linear(config.x_dim + 1, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.embed = nn.Sequential(nn.Linear(config.x_dim + 1 + config.context_tokens, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.time_embed = nn.Sequential(nn.Linear(config.time_freqs, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(DiTBlock(d, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.final = FinalLayer(d)
 
-    def forward(self, x: Tensor, y: Tensor, t: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, t: Tensor, mask: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         """Velocity per point.
 
-        x: (B, N, D) inputs. y: (B, N) noisy values y_t (normalised units). t: (B,) or scalar
-        flow time in [0, 1]. mask: (B, N) bool, True = valid point; None = all valid.
-        Returns (B, N) velocities (normalised units per unit time); padded entries are arbitrary.
+        x: (B, N, D) inputs. y: (B, N) values in normalised units: y_t at flowing points, the
+        clean observation at context points. t: (B,) or scalar flow time in [0, 1]. mask: (B, N)
+        bool, True = valid point; None = all valid. context: (B, N) bool, True = context point
+        (only with ``context_tokens``; None = none, the joint).
+        Returns (B, N) velocities (normalised units per unit time); entries at padded and
+        context points are arbitrary.
         """
         b = y.shape[0]
         t = t.expand(b) if t.dim() == 0 else t
-        h = self.embed(torch.cat([x, y[..., None]], dim=-1))
+        tokens = [x, y[..., None]]
+        if self.config.context_tokens:
+            tokens.append(torch.zeros_like(y)[..., None] if context is None else context[..., None].to(y.dtype))
+        elif context is not None:
+            raise ValueError("this network has no context tokens (NDPConfig.context_tokens=False): condition by guidance")
+        h = self.embed(torch.cat(tokens, dim=-1))
         c = self.time_embed(timestep_features(t, self.config.time_freqs).to(h.dtype))
         key_mask = None if mask is None else mask[:, None, None, :]
         for block in self.blocks:
@@ -201,6 +216,13 @@ class TrainedNDP:
 
     net: VelocityNet
     norm: YNormalisation
+
+    @property
+    def context_tokens(self) -> bool:
+        """Whether the network takes flagged context points (:class:`NDPConfig`); False for
+        other velocity fields."""
+        config = getattr(self.net, "config", None)
+        return bool(getattr(config, "context_tokens", False))
 
     @property
     def device(self) -> torch.device:

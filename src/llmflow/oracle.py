@@ -17,10 +17,11 @@ Rows, per kernel:
 
 - ``gp_optimum``: the exact GP posterior predictive with the true kernel and noise (exact
   joint, exact Gaussian marginals, closed-form CRPS).
-- ``ndp_exact``: the NDP's own conditional ``p(ctx ∪ tgt) / p(ctx)`` by the probability-flow ODE
-  (:mod:`llmflow.likelihood`), exact up to ODE discretisation; marginal NLL the same way with
+- ``ndp_exact``: the NDP's own conditional by the probability-flow ODE (:mod:`llmflow.likelihood`),
+  the one the sampler's ``conditioning`` draws from — direct with context tokens, else
+  ``p(ctx ∪ tgt) / p(ctx)`` — exact up to ODE discretisation; marginal NLL the same way with
   one target at a time; no CRPS (the ODE gives densities, not a CDF).
-- ``ndp``: S samples of the guided sampler scored as the NDP literature does: a Gaussian fitted
+- ``ndp``: S samples of the sampler (``sampler.*``) scored as the NDP literature does: a Gaussian fitted
   to the samples (mean, unbiased covariance + 10⁻⁶ I) evaluated at the targets; marginal NLL
   from a per-target kernel density (:func:`llmflow.metrics.kde_log_density`), ensemble CRPS.
 - ``gp_samples_gaussfit``: S exact GP posterior samples through the very estimators of the
@@ -200,10 +201,12 @@ def gp_optimum_scores(tasks: GPTasks) -> Scores:
     return Scores(ll, nll, crps)
 
 
-def ndp_exact_scores(model: TrainedNDP, tasks: GPTasks, cfg: LikelihoodConfig, marginals: bool = True) -> Scores:
-    """The NDP's exact conditional by the probability-flow ODE: joint and (optionally, about as
-    costly again) marginal NLL; no CRPS."""
-    args = (model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, tasks.y_tgt, tasks.ctx_mask, tasks.tgt_mask, cfg)
+def ndp_exact_scores(model: TrainedNDP, tasks: GPTasks, cfg: LikelihoodConfig, marginals: bool = True,
+                     conditioning: str = SamplerConfig.conditioning) -> Scores:
+    """The NDP's exact conditional by the probability-flow ODE — the one the sampler's
+    ``conditioning`` draws from: joint and (optionally, about as costly again) marginal NLL; no
+    CRPS."""
+    args = (model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, tasks.y_tgt, tasks.ctx_mask, tasks.tgt_mask, cfg, None, conditioning)
     ll = conditional_log_likelihood(*args)
     nll = -np.nanmean(marginal_log_likelihood(*args), axis=1) if marginals else np.full(len(tasks), np.nan)
     return Scores(ll, nll, np.full(len(tasks), np.nan))
@@ -351,11 +354,11 @@ def run_gp_oracle(
     for i, (name, tasks) in enumerate(families):
         clock = time.perf_counter()
         optimum = gp_optimum_scores(tasks)
-        exact = ndp_exact_scores(model, tasks, lik, lik.marginals)
+        exact = ndp_exact_scores(model, tasks, lik, lik.marginals, sampler.conditioning)
         t_exact = time.perf_counter() - clock
         samples = sample(
             model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, cfg.n_samples, ctx_mask=tasks.ctx_mask, tgt_mask=tasks.tgt_mask,
-            solver=sampler.solver, steps=sampler.steps, t0=sampler.t0, noise_std=tasks.noise_std,
+            conditioning=sampler.conditioning, solver=sampler.solver, steps=sampler.steps, spacing=sampler.spacing, t0=sampler.t0, noise_std=tasks.noise_std,
             jacobian=sampler.jacobian, generator=torch.Generator().manual_seed(seed * 1000 + i),
             batch_size=sampler.batch_size, progress=progress,
         )

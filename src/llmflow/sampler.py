@@ -1,25 +1,34 @@
 """Sampling the NDP: ODE integration of the (guided) velocity from t0 > 0 to 1.
 
-All points of a task — context and targets — are one set ``y ∈ R^{n+m}`` that flows from noise
-to data. Conditioning on noisy context observations ``z = y1[c] + ε``, ``ε ~ N(0, s_n² I)``,
-follows ΠGDM: with ``p(y1 | y_t) ≈ N(ŷ, r_t² I)`` (see :mod:`llmflow.flow`),
+Two ways to condition on the context (``conditioning``):
 
-    ∇_{y_t} log p(z | y_t) ≈ g_ctx = Jᵀ v_ctx,   v_ctx = 1_c ⊙ (z − ŷ) / (s_n² + r_t²),
+- ``tokens`` (networks with context tokens, :class:`llmflow.ndp.NDPConfig`): the context points
+  enter the network as clean, flagged inputs and stay fixed; only the targets flow, so the ODE
+  carries noise to the model's own conditional ``p(y_tgt | context)`` (CSDI-style). Its noise
+  model is the training prior's; ``noise_std`` is not used.
+- ``guidance`` (the paper's; any network): all points of a task — context and targets — are one
+  set ``y ∈ R^{n+m}`` that flows from noise to data, and noisy context observations
+  ``z = y1[c] + ε``, ``ε ~ N(0, s_n² I)``, guide it as in ΠGDM: with
+  ``p(y1 | y_t) ≈ N(ŷ, r_t² I)`` (see :mod:`llmflow.flow`),
 
-with ``J = ∂ŷ/∂y_t`` either exact (one vector-Jacobian product through the network per
-velocity evaluation, ``jacobian="exact"``) or ``J ≈ c_t I`` (``jacobian="free"``, no backward
-pass). Extra experts add their measurement gradient at the targets through the same Jacobian,
+      ∇_{y_t} log p(z | y_t) ≈ g_ctx = Jᵀ v_ctx,   v_ctx = 1_c ⊙ (z − ŷ) / (s_n² + r_t²).
+
+``auto`` is ``tokens`` where the network has them, else ``guidance``. ``J = ∂ŷ/∂y_t`` is either
+exact (one vector-Jacobian product through the network per velocity evaluation,
+``jacobian="exact"``) or ``J ≈ c_t I`` (``jacobian="free"``, no backward pass). The LLM expert
+adds its measurement gradient at the targets through the same Jacobian in both modes,
 
     v = v_ctx + w ⊙ 1_tgt ⊙ ∂/∂ŷ log q̃_{r_t}(ŷ_tgt),
     u_guided = u + ((1 − t) / t) · Jᵀ v,
 
-which is the score-to-velocity map ``u = (y + (1 − t) s)/t`` applied to the corrected score.
-The expert enters as a :class:`llmflow.poe.ExpertTerm`: its score at ``r_t = √posterior_var(t)``
-(the sampler owns t and r_t) weighted per target by ``w = λ·fade``.
-With ``jacobian="free"`` this is exactly the paper's ``g_exp,i = J_ii · d/dy log q̃(ŷ_i)`` with
-``J_ii = c_t``; with ``"exact"`` the same gradient is pulled back through the full Jacobian.
+(``v_ctx = 0`` with tokens), which is the score-to-velocity map ``u = (y + (1 − t) s)/t``
+applied to the corrected score. The expert enters as a :class:`llmflow.poe.ExpertTerm`: its
+score at ``r_t = √posterior_var(t)`` (the sampler owns t and r_t) weighted per target by
+``w = λ·fade``. With ``jacobian="free"`` this is exactly the paper's
+``g_exp,i = J_ii · d/dy log q̃(ŷ_i)`` with ``J_ii = c_t``; with ``"exact"`` the same gradient is
+pulled back through the full Jacobian.
 
-Solvers on the uniform grid ``t0 = τ_0 < … < τ_K = 1``: Euler (K evaluations) and Heun
+Solvers on the grid ``t0 = τ_0 < … < τ_K = 1`` (uniform or sine, :func:`time_grid`): Euler (K evaluations) and Heun
 (2K − 1: the last step is an Euler step, because guidance is singular at t = 1 when s_n = 0).
 The start ``y_{t0} ~ N(0, (σ_{t0}² + α_{t0}²) I)`` is the path's marginal for unit-variance data.
 
@@ -46,6 +55,19 @@ from llmflow.poe import ExpertTerm
 
 SOLVERS = ("euler", "heun")
 JACOBIANS = ("exact", "free")
+CONDITIONINGS = ("auto", "tokens", "guidance")
+SPACINGS = ("uniform", "sine")
+
+
+def time_grid(steps: int, t0: float, spacing: str) -> np.ndarray:
+    """The ODE's ``steps + 1`` times from t0 to 1: ``uniform``, or ``sine``
+    (``t_k = t0 + (1 − t0) sin(π k / 2K)``), dense near t = 1 where data with a small noise floor
+    make the velocity change on the scale ``1 − t ≈`` the noise std."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be in {SPACINGS}, got {spacing!r}")
+    if spacing == "uniform":
+        return np.linspace(t0, 1.0, steps + 1)
+    return t0 + (1.0 - t0) * np.sin(0.5 * np.pi * np.arange(steps + 1) / steps)
 
 
 @dataclass(frozen=True)
@@ -60,14 +82,16 @@ class SMCConfig(Section):
 
 @dataclass(frozen=True)
 class SamplerConfig(Section):
-    """``config["sampler"]``: solver (euler | heun), steps, t0, noise_std (context observation
-    noise std, data units), jacobian (exact | free), batch_size (task×sample rows integrated at
-    once) of :func:`sample`; method (ode | smc) and smc: how LLM-NDP is drawn
+    """``config["sampler"]``: conditioning (auto | tokens | guidance), solver (euler | heun),
+    steps, spacing (uniform | sine, :func:`time_grid`), t0, noise_std (context observation noise std of guidance, data units), jacobian
+    (exact | free), batch_size (task×sample rows integrated at once) of :func:`sample`; method (ode | smc) and smc: how LLM-NDP is drawn
     (:func:`llmflow.predict.sample_task`)."""
 
     KEY: ClassVar[str] = "sampler"
+    conditioning: str = "auto"
     solver: str = "euler"
     steps: int = 25
+    spacing: str = "uniform"
     t0: float = 1e-3
     noise_std: float = 0.05
     jacobian: str = "free"
@@ -97,7 +121,8 @@ class GuidedProblem:
     (0 at targets), is_ctx (T, n+m) float indicator of valid context points, noise_var (T,)
     context noise variance in model units, n the number of context slots, expert the LLM
     expert term in model units (None: context only), expert_weight (T, n+m) its weight per point
-    (:meth:`llmflow.poe.ExpertTerm.target_weights` at targets, 0 at the context).
+    (:meth:`llmflow.poe.ExpertTerm.target_weights` at targets, 0 at the context), tokens: the
+    context is given to the network as fixed, flagged points (else it guides).
     """
 
     x: Tensor
@@ -109,6 +134,7 @@ class GuidedProblem:
     expert: ExpertTerm | None
     expert_weight: Tensor
     jacobian: str
+    tokens: bool
 
     @classmethod
     def build(
@@ -122,8 +148,14 @@ class GuidedProblem:
         noise_std: float | np.ndarray,
         expert: ExpertTerm | None,
         jacobian: str,
+        conditioning: str = SamplerConfig.conditioning,
     ) -> GuidedProblem:
         """From the arguments of :func:`sample` (data units) to the model's units."""
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be in {CONDITIONINGS}, got {conditioning!r}")
+        if conditioning == "tokens" and not model.context_tokens:
+            raise ValueError("sampler.conditioning tokens needs a network trained with context tokens "
+                             "(ndp.context_tokens: true); this one models the joint only: use guidance")
         dev = model.device
         x_tgt = _as_tensor(x_tgt, dev)
         n_tasks, m = x_tgt.shape[:2]
@@ -146,7 +178,22 @@ class GuidedProblem:
             expert_weight=torch.cat([torch.zeros_like(ctx_mask, dtype=torch.float32),
                                      term.target_weights(x_ctx, ctx_mask, x_tgt, tgt_mask)], dim=1),
             jacobian=jacobian,
+            tokens=conditioning == "tokens" or (conditioning == "auto" and model.context_tokens),
         )
+
+    def flowing(self, task: Tensor) -> Tensor:
+        """(B, n+m) float: 1 where a point flows, 0 at the fixed context points of ``tokens``."""
+        return 1.0 - self.is_ctx[task] if self.tokens else torch.ones_like(self.is_ctx[task])
+
+    def start(self, task: Tensor, y0: Tensor) -> Tensor:
+        """Rows at t0 from start noise y0 (B, n+m): the observations at fixed context points."""
+        return torch.where(self.is_ctx[task].bool(), self.z[task], y0) if self.tokens else y0
+
+    def velocity(self, model: TrainedNDP, task: Tensor, y: Tensor, t: float) -> Tensor:
+        """The network's velocity u (B, n+m) at rows y of tasks ``task``, no guidance, 0 at fixed points."""
+        tt = torch.full((len(y),), t, device=y.device)
+        context = (self.is_ctx[task].bool(),) if self.tokens else ()
+        return model.net(self.x[task], y, tt, self.mask[task], *context).float() * self.flowing(task)
 
     def terms(self, model: TrainedNDP, task: Tensor, y: Tensor, t: float) -> tuple[Tensor, Tensor, Tensor]:
         """(u, ŷ, Δs) for rows y (B, n+m) of tasks ``task`` (B,) at time t, all detached.
@@ -157,14 +204,17 @@ class GuidedProblem:
         exact = self.jacobian == "exact"
         with torch.enable_grad() if exact else torch.no_grad():
             y_in = y.detach().requires_grad_(exact)
-            u = model.net(self.x[task], y_in, torch.full((len(y),), t, device=y.device), self.mask[task]).float()
+            u = self.velocity(model, task, y_in, t)
             yhat = denoised(y_in, u, t)
-            v = self.is_ctx[task] * (self.z[task] - yhat.detach()) / (self.noise_var[task, None] + posterior_var(t))
+            if self.tokens:
+                v = torch.zeros_like(y)
+            else:
+                v = self.is_ctx[task] * (self.z[task] - yhat.detach()) / (self.noise_var[task, None] + posterior_var(t))
             if self.expert is not None:
                 g_tgt = self.expert.score(yhat.detach()[:, self.n:], task, math.sqrt(posterior_var(t)))
                 v = v + self.expert_weight[task] * torch.cat([torch.zeros_like(v[:, : self.n]), g_tgt], dim=1)
             g = torch.autograd.grad(yhat, y_in, grad_outputs=v)[0] if exact else jacobian_scale(t) * v
-        return u.detach(), yhat.detach(), g.detach()
+        return u.detach(), yhat.detach(), (g * self.flowing(task)).detach()
 
 
 def _as_tensor(a: np.ndarray | Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -180,8 +230,10 @@ def sample(
     *,
     ctx_mask: np.ndarray | Tensor | None = None,
     tgt_mask: np.ndarray | Tensor | None = None,
+    conditioning: str = SamplerConfig.conditioning,
     solver: str = SamplerConfig.solver,
     steps: int = SamplerConfig.steps,
+    spacing: str = SamplerConfig.spacing,
     t0: float = SamplerConfig.t0,
     noise_std: float | np.ndarray = SamplerConfig.noise_std,
     jacobian: str = SamplerConfig.jacobian,
@@ -194,8 +246,9 @@ def sample(
 
     x_ctx (T, n, D), y_ctx (T, n) context in data units (None or n = 0: unconditional);
     x_tgt (T, m, D). ctx_mask (T, n) / tgt_mask (T, m) bool mark valid points when tasks of
-    different sizes are padded to one array (None = all valid). noise_std: the context
-    observation noise std in data units, one for all tasks or one per task (T,). generator: a
+    different sizes are padded to one array (None = all valid). conditioning: auto | tokens |
+    guidance (module docstring). noise_std: the context observation noise std of guidance in
+    data units, one for all tasks or one per task (T,). generator: a
     CPU ``torch.Generator`` for the start noise (results do not depend on ``batch_size``, the
     number of task×sample rows integrated at once). expert: the LLM expert (model units) with
     its weight λ and fade s (x units of the arguments), see :mod:`llmflow.poe`. Cost:
@@ -207,12 +260,11 @@ def sample(
     if not 0.0 < t0 < 1.0:
         raise ValueError(f"t0 must lie in (0, 1), got {t0}")
     dev = model.device
-    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, ctx_mask, tgt_mask, noise_std, expert, jacobian)
+    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, ctx_mask, tgt_mask, noise_std, expert, jacobian, conditioning)
     n_tasks, n, m = problem.x.shape[0], problem.n, problem.x.shape[1] - problem.n
-    x_all, mask_all = problem.x, problem.mask
-    guided = n > 0 or expert is not None
+    guided = (n > 0 and not problem.tokens) or expert is not None
 
-    grid = np.linspace(t0, 1.0, steps + 1)
+    grid = time_grid(steps, t0, spacing)
     start_std = float(np.sqrt((1.0 - t0) ** 2 + t0**2))
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     y_start = start_std * torch.randn(n_tasks * n_samples, n + m, generator=gen)
@@ -221,7 +273,7 @@ def sample(
         task = rows // n_samples
         if not guided:
             with torch.no_grad():
-                return model.net(x_all[task], y, torch.full((len(rows),), t, device=dev), mask_all[task]).float()
+                return problem.velocity(model, task, y, t)
         u, _, g = problem.terms(model, task, y, t)
         return u + (1.0 - t) / t * g
 
@@ -230,7 +282,7 @@ def sample(
     bar = tqdm(total=len(chunks) * steps, desc=f"sample ({solver})", disable=not progress, dynamic_ncols=True)
     for lo in chunks:
         rows = torch.arange(lo, min(lo + batch_size, n_tasks * n_samples), device=dev)
-        y = y_start[lo : lo + len(rows)].to(dev)
+        y = problem.start(rows // n_samples, y_start[lo : lo + len(rows)].to(dev))
         for k in range(steps):
             t, h = float(grid[k]), float(grid[k + 1] - grid[k])
             v = velocity(rows, y, t)

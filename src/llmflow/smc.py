@@ -13,7 +13,9 @@ grows, with the guided dynamics as proposal and the guidance's own target as twi
   ``dy = [u + (g_t²/2) s] dt + g_t dW``, ``g_t² = η (1 − t)``, ``s = (t u − y)/(1 − t)``; the NDP's
   own (reference) drift uses u, s; the proposal's uses the guided ``u + ((1 − t)/t) Δs`` and
   ``s + Δs``, with ``Δs = Jᵀ v`` the guidance of :class:`llmflow.sampler.GuidedProblem`;
-- potentials ``log G_t(y_t) = Σ_ctx log N(z; ŷ, s_n² + r_t²) + λ Σ_tgt log q̃_{r_t}(ŷ)``;
+- potentials ``log G_t(y_t) = Σ_ctx log N(z; ŷ, s_n² + r_t²) + λ Σ_tgt log q̃_{r_t}(ŷ)``
+  (with ``conditioning`` tokens the context is fixed and exact, and only the expert's term
+  remains: π is then ``p_NDP(y_tgt | ctx) · q(y_tgt)^λ``);
   at t = 1, ŷ = y and r = ``r_min`` (the bins convolved with a small Gaussian, so a particle
   between bins keeps a finite weight);
 - weights ``w ← w · p(y' | y) G(y') / (q(y' | y) G(y))`` (the two Gaussians' log-ratio is
@@ -38,7 +40,7 @@ from tqdm.auto import tqdm
 from llmflow.flow import posterior_var, score_from_velocity
 from llmflow.ndp import TrainedNDP
 from llmflow.poe import ExpertTerm
-from llmflow.sampler import JACOBIANS, GuidedProblem, Samples, SamplerConfig, SMCConfig
+from llmflow.sampler import JACOBIANS, GuidedProblem, Samples, SamplerConfig, SMCConfig, time_grid
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,11 @@ def sample_smc(
     *,
     expert: ExpertTerm | None = None,
     steps: int = SamplerConfig.steps,
+    spacing: str = SamplerConfig.spacing,
     t0: float = SamplerConfig.t0,
     noise_std: float | np.ndarray = SamplerConfig.noise_std,
     jacobian: str = SamplerConfig.jacobian,
+    conditioning: str = SamplerConfig.conditioning,
     churn: float = SMCConfig.churn,
     ess_threshold: float = SMCConfig.ess_threshold,
     r_min: float = SMCConfig.r_min,
@@ -85,36 +89,38 @@ def sample_smc(
     """``n_samples`` equally weighted particles per task from the product π (see the module).
 
     Arguments as :func:`llmflow.sampler.sample` (all T·S rows are integrated at once, Euler–
-    Maruyama on ``steps`` uniform steps); ``expert``: the expert term in model units (None:
+    Maruyama on ``steps`` steps of the ``spacing`` grid); ``expert``: the expert term in model units (None:
     context only); ``churn`` η > 0 scales the SDE's noise; ``r_min`` (model units) the width the
-    expert is convolved with at t = 1. Context noise must be positive (the potential at t = 1 is
-    the context likelihood itself).
+    expert is convolved with at t = 1. Context noise must be positive when the context guides
+    (the potential at t = 1 is the context likelihood itself).
     """
     if jacobian not in JACOBIANS:
         raise ValueError(f"jacobian must be in {JACOBIANS}")
     if churn <= 0 or not 0 < ess_threshold <= 1 or r_min <= 0:
         raise ValueError("smc needs churn > 0, 0 < ess_threshold <= 1 and r_min > 0")
-    if np.any(np.asarray(noise_std) <= 0):
+    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, None, None, noise_std, expert, jacobian, conditioning)
+    if not problem.tokens and np.any(np.asarray(noise_std) <= 0):
         raise ValueError("smc needs a positive context noise_std")
-    problem = GuidedProblem.build(model, x_ctx, y_ctx, x_tgt, None, None, noise_std, expert, jacobian)
     n_tasks, n = problem.x.shape[0], problem.n
     dev = model.device
     task = torch.arange(n_tasks, device=dev).repeat_interleave(n_samples)
-    valid = problem.mask[task].float()
+    valid = problem.mask[task].float() * problem.flowing(task)  # the points that move
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def log_potential(yhat: Tensor, t: float) -> Tensor:
-        var = problem.noise_var[task, None] + posterior_var(t)
-        ctx = -0.5 * ((problem.z[task] - yhat) ** 2 / var + torch.log(2 * math.pi * var))
-        out = (problem.is_ctx[task] * ctx).sum(1)
+        out = torch.zeros(len(yhat), dtype=yhat.dtype, device=yhat.device)
+        if not problem.tokens:  # tokens: the context is exact, not a potential
+            var = problem.noise_var[task, None] + posterior_var(t)
+            ctx = -0.5 * ((problem.z[task] - yhat) ** 2 / var + torch.log(2 * math.pi * var))
+            out = (problem.is_ctx[task] * ctx).sum(1)
         if problem.expert is not None:
             r = max(math.sqrt(posterior_var(t)), r_min)
             weight = problem.expert_weight[task, n:]
             out = out + (weight * problem.expert.log_density(yhat[:, n:], task, r)).to(out.dtype).sum(1)
         return out.double()
 
-    grid = np.linspace(t0, 1.0, steps + 1)
-    y = float(np.sqrt((1.0 - t0) ** 2 + t0**2)) * torch.randn(len(task), problem.x.shape[1], generator=gen).to(dev)
+    grid = time_grid(steps, t0, spacing)
+    y = problem.start(task, float(np.sqrt((1.0 - t0) ** 2 + t0**2)) * torch.randn(len(task), problem.x.shape[1], generator=gen).to(dev))
     u, yhat, ds = problem.terms(model, task, y, float(grid[0]))
     log_g = log_potential(yhat, float(grid[0]))
     log_w = log_g.clone()
@@ -134,7 +140,7 @@ def sample_smc(
             log_w = torch.where(low.repeat_interleave(n_samples), torch.zeros_like(log_w), log_w)
             resampled += low.numpy()
         g2 = churn * (1.0 - t)
-        drift_ref = u + 0.5 * g2 * score_from_velocity(y, u, t)
+        drift_ref = valid * (u + 0.5 * g2 * score_from_velocity(y, u, t))
         drift_prop = drift_ref + ((1.0 - t) / t + 0.5 * g2) * ds
         y_next = y + h * drift_prop + math.sqrt(g2 * h) * torch.randn(y.shape, generator=gen).to(dev) * valid
         log_ratio = (valid * ((y_next - y - h * drift_prop) ** 2 - (y_next - y - h * drift_ref) ** 2)).sum(1) / (2 * g2 * h)

@@ -1,8 +1,10 @@
 """Training the NDP by OT conditional flow matching on the GP prior shards.
 
-One step: draw a batch of prior functions (all their valid points, no context/target split —
-the model learns the joint), noise ``y0 ~ N(0, I)``, a logit-normal ``t``, and minimise the
-masked velocity MSE of :func:`llmflow.flow.flow_matching_loss`. AdamW, linear warm-up then
+One step: draw a batch of prior functions, a random context/target split of each (network with
+context tokens: with probability ``empty_context`` no context — the joint — else a uniform
+number 1…n−1 of its n valid points, chosen uniformly; without context tokens the joint only),
+noise ``y0 ~ N(0, I)``, a logit-normal ``t``, and minimise the masked velocity MSE of
+:func:`llmflow.flow.flow_matching_loss` at the non-context points. AdamW, linear warm-up then
 cosine decay to zero, gradient-norm clipping, and an exponential moving average of the
 weights (:mod:`llmflow.ema`; the EMA weights are what model.pt holds and what the sampler uses).
 
@@ -35,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from torch import Tensor
 from torch.nn.utils import clip_grad_norm_
 from tqdm.auto import tqdm
 
@@ -74,10 +77,31 @@ class TrainConfig(Section):
     compile: bool = False
     seed: int | None = None
     threads: int = 1
+    empty_context: float = 0.1
 
     def __post_init__(self) -> None:
         if self.y_normalisation not in ("global", "none"):
             raise ValueError(f"y_normalisation must be 'global' or 'none', got {self.y_normalisation!r}")
+        if not 0.0 <= self.empty_context <= 1.0:
+            raise ValueError(f"empty_context must lie in [0, 1], got {self.empty_context}")
+
+
+def context_split(mask: Tensor, empty_context: float, generator: torch.Generator) -> Tensor:
+    """Random context points (B, N) bool of each row's valid points ``mask`` (B, N).
+
+    A row is given no context with probability ``empty_context``; otherwise a count k uniform
+    on 1…n−1 (n its valid points; none when n < 2) and k of its valid points uniformly at random.
+    """
+    dev = mask.device
+    b, _ = mask.shape
+    n = mask.sum(-1)
+    u = torch.rand(b, generator=generator, device=dev)
+    k = torch.floor(torch.rand(b, generator=generator, device=dev) * (n - 1).clamp(min=0)).long() + 1
+    k = torch.where((u < empty_context) | (n < 2), torch.zeros_like(k), k)
+    # rank of each valid point in a random order; invalid points rank last
+    keys = torch.rand(mask.shape, generator=generator, device=dev).masked_fill(~mask, 2.0)
+    rank = keys.argsort(-1).argsort(-1)
+    return mask & (rank < k[:, None])
 
 
 @dataclass(frozen=True)
@@ -166,8 +190,9 @@ class BatchOrder:
 CURVE_COLUMNS = ["step", "loss", "val_loss", "lr", "steps_per_s", "wall_s"]
 
 
-def _validation_loss(data: PriorData, norm: YNormalisation, cfg: TrainConfig, dev: torch.device) -> Callable[[NDP], float]:
-    """A fixed held-out batch (first functions, seeded noise and times) → loss of a network on it."""
+def _validation_loss(data: PriorData, norm: YNormalisation, cfg: TrainConfig, dev: torch.device, contexts: bool) -> Callable[[NDP], float]:
+    """A fixed held-out batch (first functions, seeded noise, times and context splits when
+    ``contexts``) → loss of a network on it."""
     n = min(cfg.val_functions, len(data.y))
     x = torch.from_numpy(data.x[:n]).to(dev)
     mask = torch.from_numpy(data.mask[:n]).to(dev)
@@ -175,10 +200,11 @@ def _validation_loss(data: PriorData, norm: YNormalisation, cfg: TrainConfig, de
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     t = sample_logit_normal(n, cfg.t_logit_mean, cfg.t_logit_std, gen).to(dev)
     y0 = torch.randn(y1.shape, generator=gen).to(dev)
+    context = context_split(mask.cpu(), cfg.empty_context, gen).to(dev) if contexts else None
 
     def loss(net: NDP) -> float:
         with torch.no_grad():
-            return float(flow_matching_loss(net, x, y1, mask, t, y0))
+            return float(flow_matching_loss(net, x, y1, mask, t, y0, context))
 
     return loss
 
@@ -253,7 +279,8 @@ def train(
     fwd = torch.compile(net) if cfg.compile and dev.type == "cuda" else net
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
-    val_loss = _validation_loss(val_data, norm, cfg, dev) if val_data is not None else None
+    contexts = model_config.context_tokens
+    val_loss = _validation_loss(val_data, norm, cfg, dev, contexts) if val_data is not None else None
 
     t_start = time.perf_counter()
     window_t = time.perf_counter()
@@ -264,10 +291,11 @@ def train(
         x, y1, mask = x_all[idx].to(dev), y_all[idx].to(dev), m_all[idx].to(dev)
         t = sample_logit_normal(len(idx), cfg.t_logit_mean, cfg.t_logit_std, gen, dev)
         y0 = torch.randn(y1.shape, generator=gen, device=dev)
+        context = context_split(mask, cfg.empty_context, gen) if contexts else None
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
         with autocast:
-            loss = flow_matching_loss(fwd, x, y1, mask, t, y0)
+            loss = flow_matching_loss(fwd, x, y1, mask, t, y0, context)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         clip_grad_norm_(net.parameters(), cfg.grad_clip)
