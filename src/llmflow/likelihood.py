@@ -51,7 +51,7 @@ from torch import Tensor
 
 from llmflow.config import Section
 from llmflow.ndp import TrainedNDP
-from llmflow.sampler import CONDITIONINGS, SamplerConfig
+from llmflow.sampler import CONDITIONINGS, SamplerConfig, time_grid
 
 DIVERGENCES = ("exact", "hutchinson")
 
@@ -79,11 +79,6 @@ class LikelihoodConfig(Section):
             raise ValueError(f"divergence must be in {DIVERGENCES}, got {self.divergence!r}")
         if not 0.0 < self.t0 < 1.0 or self.steps < 1 or self.probes < 1:
             raise ValueError(f"need 0 < t0 < 1, steps >= 1, probes >= 1: {self}")
-
-
-def time_grid(steps: int, t0: float) -> np.ndarray:
-    """``t_k = t0 + (1 − t0) sin(π k / 2K)``, k = 0..K (K + 1 times, increasing, t_K = 1)."""
-    return t0 + (1.0 - t0) * np.sin(0.5 * np.pi * np.arange(steps + 1) / steps)
 
 
 def base_log_density(y: Tensor, mask: Tensor, t0: float) -> Tensor:
@@ -184,7 +179,7 @@ def log_density(
         mask = mask & ~context  # the flowing points
     y_model = model.norm.to_model(y) * (mask if context is None else mask | context).float()
     maskf = mask.float()
-    grid = time_grid(cfg.steps, cfg.t0)
+    grid = time_grid(cfg.steps, cfg.t0, "sine")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     eps = (2.0 * torch.randint(0, 2, (cfg.probes, n_tasks, n), generator=gen) - 1.0).to(dev) * maskf
 
