@@ -40,6 +40,9 @@ CANDIDATES: dict[str, SamplerConfig] = {
     "tokens-euler10-sine": SamplerConfig(conditioning="tokens", solver="euler", steps=10, spacing="sine"),
     "tokens-euler25-sine": SamplerConfig(conditioning="tokens", solver="euler", steps=25, spacing="sine"),
     "tokens-heun13-sine": SamplerConfig(conditioning="tokens", solver="heun", steps=13, spacing="sine"),
+    "tokens-euler100": SamplerConfig(conditioning="tokens", solver="euler", steps=100),
+    "tokens-heun25-sine": SamplerConfig(conditioning="tokens", solver="heun", steps=25, spacing="sine"),
+    "tokens-euler50-sine": SamplerConfig(conditioning="tokens", solver="euler", steps=50, spacing="sine"),
 }
 
 

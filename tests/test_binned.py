@@ -1,5 +1,6 @@
 """The binned density: its store, evaluation, the convolved log-space math, and exact product-of-experts sampling."""
 
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -91,6 +92,16 @@ class StandardNormalFlow(torch.nn.Module):
         return (2 * t - 1) / (t**2 + (1 - t) ** 2) * y
 
 
+class TokenStandardNormalFlow(StandardNormalFlow):
+    """The same flow as a network with context tokens whose data ignore the context: the
+    sampler keeps the context fixed and flows the target alone."""
+
+    config = SimpleNamespace(context_tokens=True)
+
+    def forward(self, x, y, t, mask=None, context=None):
+        return super().forward(x, y, t, mask)
+
+
 class WrongWidthExpert(BinnedDensity):
     """The expert with r_t doubled: the sampler must then miss the product density."""
 
@@ -106,15 +117,19 @@ def product_cdf(expert: BinnedDensity) -> tuple[np.ndarray, np.ndarray]:
     return y, cdf / cdf[-1]
 
 
+@pytest.mark.parametrize("tokens", [False, True])
 @pytest.mark.parametrize("expert_cls, should_match", [(BinnedDensity, True), (WrongWidthExpert, False)])
-def test_guided_sampler_draws_from_the_product(expert_cls, should_match):
+def test_guided_sampler_draws_from_the_product(expert_cls, should_match, tokens):
     base = bimodal_expert(EDGES)
     expert = expert_cls(base.lower, base.upper, base.log_prob)
-    model = TrainedNDP(StandardNormalFlow(), YNormalisation())
+    model = TrainedNDP(TokenStandardNormalFlow() if tokens else StandardNormalFlow(), YNormalisation())
+    context = (np.full((1, 1, 1), 5.0), np.ones((1, 1))) if tokens else (None, None)
     out = sample(
-        model, None, None, np.zeros((1, 1, 1)), 4000, solver="heun", steps=40, t0=1e-3,
+        model, *context, np.zeros((1, 1, 1)), 4000, solver="heun", steps=40, t0=1e-3,
         jacobian="free", expert=ExpertTerm(expert), generator=torch.Generator().manual_seed(0),
     )
+    if tokens:
+        assert np.all(out.y_ctx == 1.0)
     draws = out.y_tgt[0, :, 0]
     grid, cdf = product_cdf(base)
     p = stats.kstest(draws, lambda v: np.interp(v, grid, cdf)).pvalue
