@@ -51,7 +51,7 @@ from torch import Tensor
 
 from llmflow.config import Section
 from llmflow.ndp import TrainedNDP
-from llmflow.sampler import CONDITIONINGS, SamplerConfig, time_grid
+from llmflow.sampler import SamplerConfig, time_grid, uses_tokens
 
 DIVERGENCES = ("exact", "hutchinson")
 
@@ -232,21 +232,12 @@ def conditional_log_likelihood(
     ctx_mask, tgt_mask = _valid_masks(y_ctx, y_tgt, ctx_mask, tgt_mask)
     x, y = np.concatenate([x_ctx, x_tgt], 1), np.concatenate([y_ctx, y_tgt], 1)
     mask = np.concatenate([ctx_mask, tgt_mask], 1)
-    if _direct(model, conditioning):
+    if uses_tokens(model, conditioning):
         context = np.concatenate([ctx_mask, np.zeros_like(tgt_mask)], 1)
         return log_density(model, x, y, mask, cfg, generator, context) / tgt_mask.sum(1)
     joint = log_density(model, x, y, mask, cfg, generator)
     ctx = log_density(model, x_ctx, y_ctx, ctx_mask, cfg, generator) if n else np.zeros(n_tasks)
     return (joint - ctx) / tgt_mask.sum(1)
-
-
-def _direct(model: TrainedNDP, conditioning: str) -> bool:
-    """Whether a conditional is the network's direct one (context tokens) or a ratio of joints."""
-    if conditioning not in CONDITIONINGS:
-        raise ValueError(f"conditioning must be in {CONDITIONINGS}, got {conditioning!r}")
-    if conditioning == "tokens" and not model.context_tokens:
-        raise ValueError("conditioning tokens needs a network with context tokens")
-    return conditioning == "tokens" or (conditioning == "auto" and model.context_tokens)
 
 
 def marginal_log_likelihood(
@@ -278,7 +269,7 @@ def marginal_log_likelihood(
     x = np.concatenate([rep(x_ctx), np.asarray(x_tgt).reshape(n_tasks * m, 1, -1)], 1)
     y = np.concatenate([rep(y_ctx), np.asarray(y_tgt).reshape(n_tasks * m, 1)], 1)
     mask = np.concatenate([rep(ctx_mask), tgt_mask.reshape(n_tasks * m, 1)], 1)
-    if _direct(model, conditioning):
+    if uses_tokens(model, conditioning):
         context = np.concatenate([rep(ctx_mask), np.zeros((n_tasks * m, 1), bool)], 1)
         one = log_density(model, x, y, mask, cfg, generator, context).reshape(n_tasks, m)
         return np.where(tgt_mask, one, np.nan)

@@ -70,6 +70,17 @@ def time_grid(steps: int, t0: float, spacing: str) -> np.ndarray:
     return t0 + (1.0 - t0) * np.sin(0.5 * np.pi * np.arange(steps + 1) / steps)
 
 
+def uses_tokens(model: TrainedNDP, conditioning: str) -> bool:
+    """Whether ``conditioning`` (auto | tokens | guidance) gives the context to ``model`` as
+    tokens; ValueError for an unknown value or tokens on a network without them."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning must be in {CONDITIONINGS}, got {conditioning!r}")
+    if conditioning == "tokens" and not model.context_tokens:
+        raise ValueError("sampler.conditioning tokens needs a network trained with context tokens "
+                         "(ndp.context_tokens: true); this one models the joint only: use guidance")
+    return conditioning == "tokens" or (conditioning == "auto" and model.context_tokens)
+
+
 @dataclass(frozen=True)
 class SMCConfig(Section):
     """``config["sampler"]["smc"]``: see :func:`llmflow.smc.sample_smc`."""
@@ -151,11 +162,7 @@ class GuidedProblem:
         conditioning: str = SamplerConfig.conditioning,
     ) -> GuidedProblem:
         """From the arguments of :func:`sample` (data units) to the model's units."""
-        if conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning must be in {CONDITIONINGS}, got {conditioning!r}")
-        if conditioning == "tokens" and not model.context_tokens:
-            raise ValueError("sampler.conditioning tokens needs a network trained with context tokens "
-                             "(ndp.context_tokens: true); this one models the joint only: use guidance")
+        tokens = uses_tokens(model, conditioning)
         dev = model.device
         x_tgt = _as_tensor(x_tgt, dev)
         n_tasks, m = x_tgt.shape[:2]
@@ -178,7 +185,7 @@ class GuidedProblem:
             expert_weight=torch.cat([torch.zeros_like(ctx_mask, dtype=torch.float32),
                                      term.target_weights(x_ctx, ctx_mask, x_tgt, tgt_mask)], dim=1),
             jacobian=jacobian,
-            tokens=conditioning == "tokens" or (conditioning == "auto" and model.context_tokens),
+            tokens=tokens,
         )
 
     def flowing(self, task: Tensor) -> Tensor:
