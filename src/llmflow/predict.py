@@ -121,8 +121,8 @@ def sample_task(model: TrainedNDP, task: Task, frame: TaskFrame, n_samples: int,
     is in the NDP's x units (the task frame).
     """
     data = (frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None], n_samples)
-    common = dict(conditioning=sampler.conditioning, steps=sampler.steps, spacing=sampler.spacing, t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
-                  generator=torch.Generator().manual_seed(seed))
+    common = dict(conditioning=sampler.conditioning, steps=sampler.steps, spacing=sampler.spacing, t0=sampler.t0,
+                  noise_std=sampler.noise_std, jacobian=sampler.jacobian, generator=torch.Generator().manual_seed(seed))
     if expert is None:
         out = sample(model, *data, solver=sampler.solver, **common).y_tgt[0]
     else:
@@ -177,8 +177,8 @@ def sample_calibrated(model: TrainedNDP, task: Task, frame: TaskFrame, store: xr
 def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: SamplerConfig, seed: int) -> np.ndarray:
     """Prior draws (S, m) of the NDP at x (m, D) in the model's frame (no context)."""
     out = sample(
-        model, None, None, x[None], n_samples, conditioning=sampler.conditioning, solver=sampler.solver, steps=sampler.steps, spacing=sampler.spacing,
-        t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
+        model, None, None, x[None], n_samples, conditioning=sampler.conditioning, solver=sampler.solver,
+        steps=sampler.steps, spacing=sampler.spacing, t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
         generator=torch.Generator().manual_seed(seed),
     )
     return out.y_tgt[0]

@@ -28,8 +28,8 @@ score at ``r_t = √posterior_var(t)`` (the sampler owns t and r_t) weighted per
 ``g_exp,i = J_ii · d/dy log q̃(ŷ_i)`` with ``J_ii = c_t``; with ``"exact"`` the same gradient is
 pulled back through the full Jacobian.
 
-Solvers on the grid ``t0 = τ_0 < … < τ_K = 1`` (uniform or sine, :func:`time_grid`): Euler (K evaluations) and Heun
-(2K − 1: the last step is an Euler step, because guidance is singular at t = 1 when s_n = 0).
+Solvers on the grid ``t0 = τ_0 < … < τ_K = 1`` (uniform or sine, :func:`time_grid`): Euler (K
+evaluations) and Heun (2K − 1: the last step is an Euler step, because guidance is singular at t = 1 when s_n = 0).
 The start ``y_{t0} ~ N(0, (σ_{t0}² + α_{t0}²) I)`` is the path's marginal for unit-variance data.
 
 Units: inputs and outputs are in data units; internally everything is in the model's
@@ -94,8 +94,9 @@ class SMCConfig(Section):
 @dataclass(frozen=True)
 class SamplerConfig(Section):
     """``config["sampler"]``: conditioning (auto | tokens | guidance), solver (euler | heun),
-    steps, spacing (uniform | sine, :func:`time_grid`), t0, noise_std (context observation noise std of guidance, data units), jacobian
-    (exact | free), batch_size (task×sample rows integrated at once) of :func:`sample`; method (ode | smc) and smc: how LLM-NDP is drawn
+    steps, spacing (uniform | sine, :func:`time_grid`), t0, noise_std (context observation
+    noise std of guidance, data units), jacobian (exact | free), batch_size (task×sample rows
+    integrated at once) of :func:`sample`; method (ode | smc) and smc: how LLM-NDP is drawn
     (:func:`llmflow.predict.sample_task`)."""
 
     KEY: ClassVar[str] = "sampler"
