@@ -84,8 +84,7 @@ def main() -> None:
                     continue
                 clock = time.perf_counter()
                 draws = sample(model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, args.n_samples, ctx_mask=tasks.ctx_mask,
-                               tgt_mask=tasks.tgt_mask, conditioning=cfg.conditioning, solver=cfg.solver, steps=cfg.steps,
-                               spacing=cfg.spacing, t0=cfg.t0, noise_std=tasks.noise_std, jacobian=cfg.jacobian,
+                               tgt_mask=tasks.tgt_mask, solver=cfg.solver, **{**cfg.path_kwargs(), "noise_std": tasks.noise_std},
                                generator=torch.Generator().manual_seed(args.seed * 1000 + k))
                 seconds = (time.perf_counter() - clock) / len(tasks)
                 found.append({**summarise(kernel_name, name, sample_scores(tasks, draws.y_tgt), optimum, args.n_samples),

@@ -358,8 +358,8 @@ def run_gp_oracle(
         t_exact = time.perf_counter() - clock
         samples = sample(
             model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, cfg.n_samples, ctx_mask=tasks.ctx_mask, tgt_mask=tasks.tgt_mask,
-            conditioning=sampler.conditioning, solver=sampler.solver, steps=sampler.steps, spacing=sampler.spacing,
-            t0=sampler.t0, noise_std=tasks.noise_std, jacobian=sampler.jacobian, generator=torch.Generator().manual_seed(seed * 1000 + i),
+            solver=sampler.solver, **{**sampler.path_kwargs(), "noise_std": tasks.noise_std},
+            generator=torch.Generator().manual_seed(seed * 1000 + i),
             batch_size=sampler.batch_size, progress=progress,
         )
         t_sample = time.perf_counter() - clock - t_exact

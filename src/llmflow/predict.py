@@ -121,8 +121,7 @@ def sample_task(model: TrainedNDP, task: Task, frame: TaskFrame, n_samples: int,
     is in the NDP's x units (the task frame).
     """
     data = (frame.x(task.x_context)[None], frame.y(task.y_context)[None], frame.x(task.x_target)[None], n_samples)
-    common = dict(conditioning=sampler.conditioning, steps=sampler.steps, spacing=sampler.spacing, t0=sampler.t0,
-                  noise_std=sampler.noise_std, jacobian=sampler.jacobian, generator=torch.Generator().manual_seed(seed))
+    common = dict(sampler.path_kwargs(), generator=torch.Generator().manual_seed(seed))
     if expert is None:
         out = sample(model, *data, solver=sampler.solver, **common).y_tgt[0]
     else:
@@ -152,10 +151,8 @@ def leave_one_out_samples(model: TrainedNDP, task: Task, frame: TaskFrame, x_hel
     keep = [np.arange(len(task.y_context)) != i for i in held]
     x_ctx = np.stack([frame.x(task.x_context[k]) for k in keep])
     y_ctx = np.stack([frame.y(task.y_context[k]) for k in keep])
-    out = sample(model, x_ctx, y_ctx, frame.x(x_held)[:, None], n_samples, conditioning=sampler.conditioning,
-                 solver=sampler.solver, steps=sampler.steps, spacing=sampler.spacing,
-                 t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
-                 generator=torch.Generator().manual_seed(seed))
+    out = sample(model, x_ctx, y_ctx, frame.x(x_held)[:, None], n_samples, solver=sampler.solver,
+                 **sampler.path_kwargs(), generator=torch.Generator().manual_seed(seed))
     return frame.y_back(out.y_tgt[:, :, 0])
 
 
@@ -177,8 +174,7 @@ def sample_calibrated(model: TrainedNDP, task: Task, frame: TaskFrame, store: xr
 def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: SamplerConfig, seed: int) -> np.ndarray:
     """Prior draws (S, m) of the NDP at x (m, D) in the model's frame (no context)."""
     out = sample(
-        model, None, None, x[None], n_samples, conditioning=sampler.conditioning, solver=sampler.solver,
-        steps=sampler.steps, spacing=sampler.spacing, t0=sampler.t0, noise_std=sampler.noise_std, jacobian=sampler.jacobian,
+        model, None, None, x[None], n_samples, solver=sampler.solver, **sampler.path_kwargs(),
         generator=torch.Generator().manual_seed(seed),
     )
     return out.y_tgt[0]

@@ -111,6 +111,12 @@ class SamplerConfig(Section):
     method: str = "ode"
     smc: SMCConfig = field(default_factory=SMCConfig)
 
+    def path_kwargs(self) -> dict:
+        """The settings :func:`sample` and :func:`llmflow.smc.sample_smc` share (conditioning,
+        steps, spacing, t0, noise_std, jacobian), as keyword arguments."""
+        return dict(conditioning=self.conditioning, steps=self.steps, spacing=self.spacing, t0=self.t0,
+                    noise_std=self.noise_std, jacobian=self.jacobian)
+
 
 @dataclass(frozen=True)
 class Samples:
