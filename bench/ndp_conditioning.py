@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,8 +95,8 @@ def main() -> None:
                 print(f"{label:>8} {row['kernel']:>15} {row['method']:>24}  gap {row['gap']:7.3f} ± {row['gap_stderr']:.3f}"
                       f"  nll {row['nll']:7.3f} ± {row['nll_stderr']:.3f}  crps {row['crps']:6.3f}"
                       f"  s/task {row.get('seconds_per_task', float('nan')):6.2f}", flush=True)
-    table = pd.DataFrame(rows)
-    table.to_csv(args.out, index=False)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(args.out, index=False)
 
 
 if __name__ == "__main__":

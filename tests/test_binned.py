@@ -147,6 +147,11 @@ def test_temperature_tempers_densities_not_bin_probabilities():
     assert expert.temper(1.0) is expert
     with pytest.raises(ValueError):
         expert.temper(0.0)
+    # one temperature per task and target: each target tempered as if alone
+    two = BinnedDensity.from_arrays(np.repeat(lower, 2, 1), np.repeat(upper, 2, 1), np.log([[[0.5, 0.25, 0.25]] * 2]))
+    each = two.temper(torch.tensor([[0.5, 2.0]]))
+    np.testing.assert_allclose(each.log_prob[0, 0], hot.log_prob[0, 0])
+    np.testing.assert_allclose(each.log_prob[0, 1], expert.temper(2.0).log_prob[0, 0])
 
 
 def test_lost_mass_renormalised_or_flat():

@@ -5,7 +5,7 @@ import torch
 from scipy import stats
 
 from llmflow.binned import BinnedDensity
-from llmflow.calibrate import CalibrationConfig, fit_product, log_pool_scores
+from llmflow.calibrate import CalibrationConfig, fit_product, log_pool_scores, target_shares
 
 
 def gaussian_bins(centres: np.ndarray, sd: float, width: float = 0.05) -> BinnedDensity:
@@ -60,3 +60,15 @@ def test_the_fit_is_scored_on_the_pool_not_on_the_bins_alone():
     scores = {(w, s): v for w, s, v in fit.table}
     assert fit.weight > 0 and fit.score == max(scores.values()) and fit.smoothing > 0
     assert torch.isfinite(torch.tensor(fit.score))
+
+
+def test_target_shares_split_the_weight_among_dependent_targets():
+    rng = np.random.default_rng(3)
+    block_a, block_b = rng.normal(size=(4000, 1)), rng.normal(size=(4000, 1))
+    samples = np.hstack([np.repeat(block_a, 3, 1), np.repeat(block_b, 2, 1), rng.normal(size=(4000, 2)),
+                         np.ones((4000, 1))])  # 3 tied, 2 tied, 2 independent, 1 constant
+    np.testing.assert_allclose(target_shares(samples), [1 / 3] * 3 + [1 / 2] * 2 + [1.0, 1.0, 1.0], atol=0.02)
+    # few samples of many independent targets: the sampling error of ρ² does not eat the weight
+    few = target_shares(rng.normal(size=(64, 25)))
+    assert few.mean() > 0.9 and few.min() > 0.7
+    assert np.all(target_shares(rng.normal(size=(2, 5))) == 1.0)

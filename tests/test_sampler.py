@@ -76,19 +76,27 @@ def test_context_guidance_is_exact_for_unit_gaussian_data(jacobian, solver):
 
 
 class GaussianExpert:
-    """Expert q = N(a_task, b²) at every target: q convolved with N(0, r²) is N(a, b² + r²),
-    whose log-gradient is (a − ŷ)/(b² + r²). Records the tasks and widths it is asked at."""
+    """Expert q = N(a_task, b²) at every target (b² one, or (T, M)): q convolved with N(0, r²)
+    is N(a, b² + r²), whose log-gradient is (a − ŷ)/(b² + r²). Records the tasks and widths it
+    is asked at (tempered copies record into the same list)."""
 
-    def __init__(self, a: torch.Tensor, b2: float):
-        self.a, self.b2, self.calls = a, b2, []
+    def __init__(self, a: torch.Tensor, b2: float | torch.Tensor, calls: list | None = None):
+        self.a, self.b2, self.calls = a, torch.as_tensor(b2, dtype=torch.float32), [] if calls is None else calls
+
+    def temper(self, temperature):
+        """q^(1/T) of N(a, b²) is N(a, b² T); T one or (T, M)."""
+        return GaussianExpert(self.a, self.b2 * torch.as_tensor(temperature, dtype=torch.float32), self.calls)
+
+    def _var(self, task, r):
+        return (self.b2[task] if self.b2.ndim == 2 else self.b2) + r**2
 
     def score(self, y, task, r):
         self.calls.append((task, r))
-        return (self.a[task][:, None] - y) / (self.b2 + r**2)
+        return (self.a[task][:, None] - y) / self._var(task, r)
 
     def log_density(self, y, task, r=0.0):
-        var = self.b2 + r**2
-        return -0.5 * (y - self.a[task][:, None]) ** 2 / var - 0.5 * torch.log(2 * torch.pi * torch.tensor(var))
+        var = self._var(task, r)
+        return -0.5 * (y - self.a[task][:, None]) ** 2 / var - 0.5 * torch.log(2 * torch.pi * var)
 
 
 @pytest.mark.parametrize("jacobian", ["exact", "free"])
@@ -108,6 +116,20 @@ def test_expert_term_samples_the_product_of_experts(jacobian):
     assert set(torch.cat([task for task, _ in expert.calls]).tolist()) == {0, 1}
     grid = np.linspace(1e-3, 1.0, 61)
     assert {r for _, r in expert.calls} <= {np.sqrt(posterior_var(float(t))) for t in grid}
+
+
+@pytest.mark.parametrize("weight", [0.25, 2.0])
+def test_the_weight_is_a_power_of_the_expert(weight):
+    # p1 = N(0, 1) times q^w, q = N(a, b²): N(w a / (w + b²), b² / (w + b²)) at each target, w
+    # = λ times the target's share; scaling the expert's score by w instead misses it for w ≠ 1.
+    a, b2 = torch.tensor([2.0, -1.0]), 0.5
+    shares = torch.tensor([[1.0, 0.5, 0.25], [1.0, 0.5, 0.25]])
+    s = sample(_model(GaussianField()), None, None, torch.zeros(2, 3, 1), 10000, solver="heun", steps=60,
+               expert=ExpertTerm(GaussianExpert(a, b2), weight=weight, shares=shares), batch_size=7000,
+               generator=torch.Generator().manual_seed(4))
+    w = (weight * shares).numpy()
+    np.testing.assert_allclose(s.y_tgt.mean(1), w * a.numpy()[:, None] / (w + b2), atol=0.03)
+    np.testing.assert_allclose(s.y_tgt.var(1), b2 / (w + b2), rtol=0.06)
 
 
 def test_tokens_draw_the_networks_own_conditional():

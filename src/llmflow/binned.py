@@ -298,16 +298,17 @@ class BinnedDensity:
         task = torch.arange(self.lower.shape[0])
         return -self.log_density(torch.as_tensor(np.asarray(y, dtype=np.float64)), task).numpy()
 
-    def temper(self, temperature: float) -> BinnedDensity:
+    def temper(self, temperature: float | Tensor) -> BinnedDensity:
         """The expert with density ``q^(1/temperature)`` renormalised (bin by bin: densities,
         not bin probabilities, are tempered, so coarse bins are not favoured). temperature < 1
-        sharpens the LLM's density towards its modes; 1 returns the expert unchanged."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if temperature == 1.0:
+        sharpens the LLM's density towards its modes; 1 returns the expert unchanged. One
+        temperature for all, or one per task and target (T, M). ValueError unless positive."""
+        temperature = torch.as_tensor(temperature, dtype=self.log_prob.dtype, device=self.log_prob.device)
+        if (temperature <= 0).any():
+            raise ValueError(f"temperature must be positive, got {temperature.min().item()}")
+        if (temperature == 1.0).all():
             return self
-        log_width = torch.log(self.upper - self.lower)
-        log_prob = self.log_coef / temperature + log_width
+        log_prob = self.log_coef / temperature[..., None] + torch.log(self.upper - self.lower)
         return BinnedDensity(self.lower, self.upper, log_prob - torch.logsumexp(log_prob, dim=-1, keepdim=True))
 
     def affine(self, shift: Tensor | np.ndarray | float, scale: Tensor | np.ndarray | float) -> BinnedDensity:

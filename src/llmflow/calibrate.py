@@ -6,17 +6,18 @@ LLM's spiky density at face value; on this project's tasks it covers less than t
 A log-linear pool with a fitted exponent (Genest & Zidek, 1986; stacking by held-out scores,
 Yao et al., 2018) lets the data decide how much of the expert to keep:
 
-    π_{λ,w}(y) ∝ p(y) · q̃_w(y)^λ,   q̃_w = q ∗ N(0, w²),
+    π_{λ,w}(y) ∝ p(y) · q̃_{λ,w}(y),   q̃_{λ,w} = q^λ / Z ∗ N(0, w²)
 
 where at a held-out context point (x_k, y_k) p is the NDP's leave-one-out predictive (a Gaussian
 fitted to its samples given the other points, mean m_k, std s_k) and q the LLM's leave-one-out
 binned density (:func:`llmflow.expert.task.leave_one_out`). The score of (λ, w) is the mean over
 the K held-out points of
 
-    log π_{λ,w}(y_k) = log N(y_k; m_k, s_k²) + λ log q̃_w(y_k) − log Z_k,
-    Z_k = ∫ N(y; m_k, s_k²) q̃_w(y)^λ dy   (a 1-D quadrature on a grid of ``GRID`` points
+    log π_{λ,w}(y_k) = log N(y_k; m_k, s_k²) + log q̃_{λ,w}(y_k) − log Z_k,
+    Z_k = ∫ N(y; m_k, s_k²) q̃_{λ,w}(y) dy   (a 1-D quadrature on a grid of ``GRID`` points
                                             over m_k ± ``SPAN`` s_k),
 
+(the expert raised to λ, then smoothed: the product the samplers draw exactly, :mod:`llmflow.poe`),
 and the best (λ, w) on the grid of the config's ``sample.calibration`` is used if it beats the
 NDP alone (λ = 0) by more than the standard error of the paired per-point difference (the
 one-standard-error rule: a gain within noise is no gain), else λ = 0; so where the LLM knows
@@ -24,6 +25,16 @@ nothing about the task the fit falls back to the NDP. The smoothing
 is chosen in units of the NDP's leave-one-out std (median over k), so one grid serves tasks of
 any scale. A task with one held-out point cannot show a gain beyond noise, nor one with none
 (a one-point context, ``expert.loo_points: 0``): both get λ = 0.
+
+The fit scores a product at one point at a time, but the sampler draws the joint product over
+all m targets, ``p(y_1..m) Π_i q_i(y_i)^λ``. Where the NDP ties targets together (neighbours
+that share one value), the LLM's marginals at those targets are one belief stated m times, and
+the joint product counts it m times: its marginals come out sharper than the fitted pool. So
+each target gets a share ``a_i = 1 / n_i`` of the weight, ``n_i = Σ_k ρ_ik²`` the effective
+number of targets that carry target i's information under the NDP (ρ the correlation of the
+NDP's samples at the targets) — the magnitude adjustment of a composite likelihood (Varin,
+Reid & Firth, 2011, §5): m tied targets give ``p · q^λ`` again, independent ones are unchanged
+(:func:`target_shares`).
 """
 
 from __future__ import annotations
@@ -73,13 +84,30 @@ def log_pool_scores(mean: np.ndarray, std: np.ndarray, y: np.ndarray, expert: Bi
     gauss = stats.norm.logpdf(y, mean, std)
     if weight == 0.0:
         return gauss
+    expert = expert.temper(1.0 / weight)
     grid = mean[None, :] + std[None, :] * np.linspace(-SPAN, SPAN, GRID)[:, None]  # (G, K)
     rows = torch.zeros(GRID, dtype=torch.long)  # every grid row belongs to the one task
     log_q_grid = expert.log_density(torch.as_tensor(grid), rows, smoothing).numpy()
     log_q_y = expert.log_density(torch.as_tensor(y[None]), rows[:1], smoothing).numpy()[0]
-    integrand = stats.norm.logpdf(grid, mean, std) + weight * log_q_grid
+    integrand = stats.norm.logpdf(grid, mean, std) + log_q_grid
     log_z = np.logaddexp.reduce(integrand, axis=0) + np.log(grid[1] - grid[0])
-    return gauss + weight * log_q_y - log_z
+    return gauss + log_q_y - log_z
+
+
+def target_shares(samples: np.ndarray) -> np.ndarray:
+    """Each target's share ``a_i = 1 / n_i`` (m,) in (0, 1] of the expert's weight (module
+    docstring), ``n_i = max(1, 1 + Σ_{k≠i} (ρ_ik² − 1/(S − 1)))`` from the correlations ρ of the
+    NDP's samples (S, m) at the targets: ``1/(S − 1)`` is the mean of ρ² between independent
+    targets, so their shares stay near 1. A target whose samples do not vary has share 1; fewer
+    than 3 samples give all shares 1."""
+    n_samples, m = samples.shape
+    if m < 2 or n_samples < 3:
+        return np.ones(m)
+    live = samples.std(axis=0) > 0
+    excess = np.zeros((m, m))
+    excess[np.ix_(live, live)] = np.corrcoef(samples[:, live], rowvar=False) ** 2 - 1.0 / (n_samples - 1)
+    np.fill_diagonal(excess, 0.0)
+    return 1.0 / np.maximum(1.0, 1.0 + excess.sum(axis=1))
 
 
 def fit_product(ndp_loo: np.ndarray, y: np.ndarray, expert: BinnedDensity,

@@ -1,19 +1,28 @@
 """The product of experts that LLM-NDP samples: the NDP's conditional times the LLM expert.
 
-    π(y_tgt | context) ∝ p_NDP(y_tgt | context) · Π_i q̃_i(y_i)^{w_i},   w_i = λ · (1 − e^{−d_i²/(2 s²)}),
+    π(y_tgt | context) ∝ p_NDP(y_tgt | context) · Π_i q̃_i(y_i),
+    q̃_i = q_i^{w_i} / Z_i ∗ N(0, σ²),   w_i = λ · a_i · (1 − e^{−d_i²/(2 s²)}),
 
 with q_i the expert's binned density at target i (:class:`llmflow.binned.BinnedDensity`,
-sharpened to ``q^(1/T)`` by a temperature T, smoothed to ``q̃ = q ∗ N(0, σ²)`` by a width σ),
-λ its weight and s the fade: d_i is target i's distance to its nearest context point, so the
-expert gives way to the data near it (s = 0: no fade). The paper's product (method
-``llm-ndp``) is λ = 1, T = 1, σ = 0, s = 0; ``llm-ndp-cal`` fits λ and σ per task
-(:mod:`llmflow.calibrate`).
+sharpened to ``q^(1/T)`` by a temperature T), raised to its weight w_i and renormalised, then
+smoothed by a width σ: λ is the weight, s the fade (d_i is target i's distance to its nearest
+context point, so the expert gives way to the data near it; s = 0: no fade) and a_i the
+target's share of the weight (1 by default; :func:`llmflow.calibrate.target_shares`). The
+paper's product (method ``llm-ndp``) is λ = 1, T = 1, σ = 0, s = 0, a = 1; ``llm-ndp-cal`` fits
+λ and σ per task and shares the weight among dependent targets (:mod:`llmflow.calibrate`).
+
+The weight is a power of the density, not a factor on its score: at flow time t the sampler
+needs the score of ``q^w ∗ N(0, r_t²)``, which is not ``w`` times the score of
+``q ∗ N(0, r_t²)`` (for q = N(a, b²) the first is ``w (a − y)/(b² + w r_t²)``, the second
+``w (a − y)/(b² + r_t²)``: scaling the score under-weighs an expert with w < 1 and over-weighs
+one with w > 1 until t = 1). :meth:`ExpertTerm.per_target` tempers each target's density by its
+weight once, and the samplers use that expert with weight 1 where w > 0.
 
 The samplers (:func:`llmflow.sampler.sample`, :func:`llmflow.smc.sample_smc`) take one
 :class:`ExpertTerm`. They own the flow time: at time t they ask the expert for its score and
 log density convolved with ``N(0, r_t²)``, ``r_t² = posterior_var(t)`` (:mod:`llmflow.flow`),
 through :meth:`ExpertTerm.score` and :meth:`ExpertTerm.log_density` (the :class:`Expert`
-interface, the smoothing added to r_t), and weigh it by :meth:`ExpertTerm.target_weights`.
+interface, the smoothing added to r_t).
 """
 
 from __future__ import annotations
@@ -46,16 +55,22 @@ class Expert(Protocol):
         """``log q̃_r(y)`` (N, M)."""
         ...
 
+    def temper(self, temperature: float | Tensor) -> Expert:
+        """The expert with density ``q^(1/temperature)`` renormalised; one temperature or one
+        per task and target (T, M)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ExpertTerm:
-    """An expert with its weight λ, fade s (x units of the sampler's arguments) and smoothing
-    σ (y units of the expert)."""
+    """An expert with its weight λ, fade s (x units of the sampler's arguments), smoothing
+    σ (y units of the expert) and per-target shares a of the weight ((T, m) or (m,); None: 1)."""
 
     expert: Expert
     weight: float = 1.0
     fade: float = 0.0
     smoothing: float = 0.0
+    shares: Tensor | None = None
 
     @classmethod
     def from_store(cls, store: xr.Dataset | str | Path, task: Task, cfg: SampleConfig) -> ExpertTerm:
@@ -79,8 +94,19 @@ class ExpertTerm:
         return self.expert.log_density(y, task, math.hypot(r, self.smoothing))
 
     def target_weights(self, x_ctx: Tensor, ctx_mask: Tensor, x_tgt: Tensor, tgt_mask: Tensor) -> Tensor:
-        """w (T, m): λ times the fade factor (:func:`fade_factor`) at valid targets, 0 at padding."""
-        return self.weight * (tgt_mask * fade_factor(x_ctx, ctx_mask, x_tgt, self.fade))
+        """w (T, m): λ times the share and the fade factor (:func:`fade_factor`) at valid targets,
+        0 at padding."""
+        weights = self.weight * (tgt_mask * fade_factor(x_ctx, ctx_mask, x_tgt, self.fade))
+        return weights if self.shares is None else weights * self.shares.to(weights)
+
+    def per_target(self, x_ctx: Tensor, ctx_mask: Tensor, x_tgt: Tensor, tgt_mask: Tensor) -> tuple[ExpertTerm, Tensor]:
+        """The term the samplers use: each target's density raised to its weight w
+        (:meth:`target_weights`, (T, m)) and renormalised, with weight 1 and this smoothing;
+        and ``on`` (T, m) float, 1 where w > 0 (the expert acts there, nowhere else)."""
+        weights = self.target_weights(x_ctx, ctx_mask, x_tgt, tgt_mask)
+        on = weights > 0
+        temperature = torch.where(on, 1.0 / weights.clamp_min(torch.finfo(weights.dtype).tiny), 1.0)
+        return ExpertTerm(self.expert.temper(temperature), smoothing=self.smoothing), on.float()
 
 
 def fade_factor(x_ctx: Tensor, ctx_mask: Tensor, x_tgt: Tensor, scale: float) -> Tensor:

@@ -13,7 +13,8 @@ grows, with the guided dynamics as proposal and the guidance's own target as twi
   ``dy = [u + (g_t²/2) s] dt + g_t dW``, ``g_t² = η (1 − t)``, ``s = (t u − y)/(1 − t)``; the NDP's
   own (reference) drift uses u, s; the proposal's uses the guided ``u + ((1 − t)/t) Δs`` and
   ``s + Δs``, with ``Δs = Jᵀ v`` the guidance of :class:`llmflow.sampler.GuidedProblem`;
-- potentials ``log G_t(y_t) = Σ_ctx log N(z; ŷ, s_n² + r_t²) + λ Σ_tgt log q̃_{r_t}(ŷ)``
+- potentials ``log G_t(y_t) = Σ_ctx log N(z; ŷ, s_n² + r_t²) + Σ_tgt log q̃_{r_t}(ŷ)`` (q̃ the
+  weighted expert ``q^λ / Z``, :mod:`llmflow.poe`)
   (with ``conditioning`` tokens the context is fixed and exact, and only the expert's term
   remains: π is then ``p_NDP(y_tgt | ctx) · q(y_tgt)^λ``);
   at t = 1, ŷ = y and r = ``r_min`` (the bins convolved with a small Gaussian, so a particle
@@ -115,8 +116,8 @@ def sample_smc(
             out = (problem.is_ctx[task] * ctx).sum(1)
         if problem.expert is not None:
             r = max(math.sqrt(posterior_var(t)), r_min)
-            weight = problem.expert_weight[task, n:]
-            out = out + (weight * problem.expert.log_density(yhat[:, n:], task, r)).to(out.dtype).sum(1)
+            on = problem.expert_on[task, n:]
+            out = out + (on * problem.expert.log_density(yhat[:, n:], task, r)).to(out.dtype).sum(1)
         return out.double()
 
     grid = time_grid(steps, t0, spacing)

@@ -20,7 +20,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     ndp = sample_task(model, task, frame, cfg.n_samples, sampler, seed)
     expert = ExpertTerm.from_store(p.expert, task, cfg)
     llm_ndp = sample_task(model, task, frame, cfg.n_samples, sampler, seed, expert)
-    cal, fit = sample_calibrated(model, task, frame, p.expert, cfg, sampler, seed)
+    cal, fit = sample_calibrated(model, task, frame, p.expert, cfg, sampler, seed, ndp)
     write_zarr(samples_dataset(task, ndp, "ndp"), snakemake.output.ndp)
     write_zarr(samples_dataset(task, llm_ndp, "llm-ndp", expert_weight=cfg.expert_weight, expert_fade=cfg.expert_fade),
                snakemake.output.llm_ndp)
