@@ -1,5 +1,7 @@
-"""The sample stage's library: replicate x reach the NDP and the prompt, and absurd draws stop it."""
+"""The sample stage's library: replicate x reach the NDP and the prompt, absurd draws stop it, and
+the calibrated product shares its weight."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,49 @@ def test_leave_one_out_samples_refuse_points_of_other_data():
     assert draws.shape == (2, 8) and np.isfinite(draws).all()
     with pytest.raises(ValueError, match=r"task 't': a held-out point .* is not one of its context points"):
         leave_one_out_samples(model, task, frame, np.array([[0.5]]), np.array([0.0]), 8, SAMPLER, 0)
+
+
+def _gaussian_store(task: Task, centres: np.ndarray, sd: float, loo_centres: np.ndarray, loo_sd: float,
+                    held: np.ndarray):
+    """An expert store whose bins carry N(centre, sd²) at each target and N(loo_centre, loo_sd²)
+    at the held-out context points ``held``."""
+    from scipy import stats
+
+    from llmflow.binned import store_dataset
+
+    def bins(c, s):
+        edges = c[:, None] + np.linspace(-6 * s, 6 * s, 97)[None, :]
+        return edges[:, :-1], edges[:, 1:], np.log(np.diff(stats.norm.cdf(edges, c[:, None], s), axis=1))
+
+    lower, upper, logp = bins(centres, sd)
+    l_lo, l_up, l_lp = bins(loo_centres, loo_sd)
+    m = len(centres)
+    loo = {"x": task.x_context[held], "y": task.y_context[held], "lower": l_lo, "upper": l_up, "logp": l_lp,
+           "nll": np.zeros(len(held))}
+    return store_dataset(task.x_target, task.y_target, lower, upper, logp, np.ones_like(logp, bool),
+                         {"lost_mass": np.zeros(m), "nll_target": np.zeros(m)}, {"task": task.name}, loo)
+
+
+def test_the_calibrated_product_shares_the_weight_among_tied_targets():
+    from llmflow.binned import BinnedDensity
+    from llmflow.calibrate import target_shares
+    from llmflow.poe import ExpertTerm
+    from llmflow.predict import SampleConfig, sample_calibrated
+
+    x_ctx = np.linspace(0.0, 5.0, 8)[:, None]
+    x_tgt = np.array([[5.5], [5.6], [5.7], [5.8]])  # four targets the NDP ties together
+    task = Task("synth-tied", "synth", "", x_ctx, np.sin(x_ctx[:, 0]), x_tgt, np.sin(x_tgt[:, 0]))
+    held = np.array([1, 3, 5, 6])
+    # the LLM is sharp and right at the held-out points, so the fit keeps it
+    store = _gaussian_store(task, np.sin(x_tgt[:, 0]), 0.3, task.y_context[held], 0.05, held)
+    model, frame, cfg = TrainedNDP(GPField(), YNormalisation()), TaskFrame.fit(task, (-2.0, 2.0), 1.0), SampleConfig(n_samples=256)
+    ndp = sample_task(model, task, frame, 256, SAMPLER, seed=1)
+    shares = target_shares(ndp)
+    assert np.all(shares < 0.5)
+    draws, fit = sample_calibrated(model, task, frame, store, cfg, SAMPLER, seed=2, ndp=ndp)
+    assert fit.weight > 0
+    term = ExpertTerm(BinnedDensity.from_store(store, task), fit.weight, smoothing=fit.smoothing)
+    shared = sample_task(model, task, frame, 256, SAMPLER, 2, replace(term, shares=torch.as_tensor(shares)))
+    unshared = sample_task(model, task, frame, 256, SAMPLER, 2, term)
+    np.testing.assert_array_equal(draws, shared)
+    assert draws.std(axis=0).mean() > 1.5 * unshared.std(axis=0).mean()  # 1.96 here
