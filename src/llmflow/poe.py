@@ -16,7 +16,8 @@ needs the score of ``q^w ∗ N(0, r_t²)``, which is not ``w`` times the score o
 ``q ∗ N(0, r_t²)`` (for q = N(a, b²) the first is ``w (a − y)/(b² + w r_t²)``, the second
 ``w (a − y)/(b² + r_t²)``: scaling the score under-weighs an expert with w < 1 and over-weighs
 one with w > 1 until t = 1). :meth:`ExpertTerm.per_target` tempers each target's density by its
-weight once, and the samplers use that expert with weight 1 where w > 0.
+weight once, and the samplers use that expert with weight 1 where w > 0 (as w → 0 it tends to
+the uniform density on its bins' support; at w = 0 the target has no expert).
 
 The samplers (:func:`llmflow.sampler.sample`, :func:`llmflow.smc.sample_smc`) take one
 :class:`ExpertTerm`. They own the flow time: at time t they ask the expert for its score and
