@@ -10,7 +10,7 @@ import yaml
 from llmflow.config import ConfigError, validate_config
 from llmflow.gp import posterior
 from llmflow.kernels import Kernel
-from llmflow.tasks import TaskInputError, Task, build_task, task_names, user_task
+from llmflow.tasks import Task, TaskInputError, build_task, task_config, task_names, user_task
 
 with open("tests/config.yaml") as fh:
     TINY = yaml.safe_load(fh)
@@ -31,6 +31,21 @@ def test_every_declared_task_builds_and_round_trips(config):
         np.testing.assert_array_equal(back.x_target, task.x_target)
         np.testing.assert_array_equal(back.y_context, task.y_context)
         assert back.text == task.text and back.family == name.split("-")[0]
+
+
+def test_a_task_depends_on_its_own_settings_only(config):
+    # the workflow's tasks rule keys each task on task_config: the same task from it, and one more
+    # user task (or another family's change) leaves the others' keys alone
+    before = {name: copy.deepcopy(task_config(name, config)) for name in task_names(config)}
+    for name in task_names(config):
+        a, b = build_task(name, config), build_task(name, before[name])
+        np.testing.assert_array_equal(a.y_context, b.y_context)
+        np.testing.assert_array_equal(a.x_target, b.x_target)
+    config["tasks"]["user"].append({**config["tasks"]["user"][0], "name": "another"})
+    config["tasks"]["synth"]["n_points"] += 1
+    after = {name: task_config(name, config) for name in task_names(config)}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"synth-sine"} and "user-another" in after
 
 
 def test_tasks_are_deterministic_and_seeded(config):

@@ -400,6 +400,22 @@ def task_names(config: dict[str, Any]) -> list[str]:
     return names
 
 
+def task_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``config`` that task ``name`` depends on (the seed and its own family's
+    settings; a user task's own entry), which :func:`build_task` accepts in place of the whole
+    config: the workflow rebuilds a task only when this changes, so declaring one more user
+    task leaves every other task (and what was computed from it) as it is."""
+    section = config["tasks"]
+    family, _, ident = name.partition("-")
+    if family == "user":
+        own: Any = [next(u for u in section["user"] if u["name"] == ident)]
+    elif family == "text":
+        own = [ident]
+    else:
+        own = section[family]
+    return {"seed": config["seed"], "tasks": {family: own}}
+
+
 def build_task(name: str, config: dict[str, Any], base_dir: Path = Path(".")) -> Task:
     """The task called ``name`` under ``config`` (deterministic in the config's seed)."""
     section = config["tasks"]

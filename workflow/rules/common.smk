@@ -6,7 +6,7 @@ import re
 from llmflow.evaluate import METHODS, SAMPLE_METHODS, allmp_tasks
 from llmflow.llm import EMBEDDED, model_label
 from llmflow.prior import SPLITS
-from llmflow.tasks import task_names
+from llmflow.tasks import task_config, task_names
 
 TASKS = task_names(config)
 USER_TASKS = [t for t in TASKS if t.startswith("user-")]

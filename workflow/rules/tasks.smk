@@ -10,7 +10,7 @@ rule tasks:
         # user tasks depend on their CSV, so editing it rebuilds the task
         lambda wc: USER_CSVS.get(wc.task, []),
     params:
-        config=lambda wc: {"seed": config["seed"], "tasks": config["tasks"]},
+        config=lambda wc: task_config(wc.task, config),
     conda:
         "../../envs/llmflow.yaml"
     script:
