@@ -123,3 +123,19 @@ def test_kde_marginal_nll_of_gp_posterior_samples_matches_the_exact_marginal():
             out.append(-kde_log_density(s, truth[5:]).mean() - exact)
     assert abs(np.mean(gaps)) < 0.1
     assert np.mean(wide_gaps) > np.mean(gaps) + 0.2
+
+
+def test_the_joint_gaussian_fit_scores_few_samples_of_large_series():
+    # ten draws of twelve targets of a series near 10⁴ whose digits slip by 3·10⁵ (A-LLMP on
+    # quarterly US GDP): the sample covariance is singular and rounding makes it indefinite;
+    # the score is finite and far below a proper fit's
+    from llmflow.metrics import gaussian_fit_loglik
+
+    rng = np.random.default_rng(1)
+    y = 1e4 + 100.0 * rng.normal(size=12)
+    slips = y + 3e5 * rng.integers(0, 2, size=(10, 12)) + 100.0 * rng.normal(size=(10, 12))
+    few = gaussian_fit_loglik(slips, y)
+    many = gaussian_fit_loglik(y + 100.0 * rng.normal(size=(4000, 12)), y)
+    assert np.isfinite(few) and np.isfinite(many) and few < many
+    np.testing.assert_allclose(many, stats.norm.logpdf(0.0, 0.0, 100.0), atol=0.05)
+    assert np.isfinite(gaussian_fit_loglik(np.full((10, 12), 3.0), np.full(12, 3.0)))  # draws that do not vary

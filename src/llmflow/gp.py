@@ -18,9 +18,10 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 def stable_cholesky(cov: np.ndarray, jitter: float = 1e-9, max_tries: int = 8) -> np.ndarray:
-    """Lower Cholesky factor of ``cov`` (n, n), adding jitter·mean(diag) until it succeeds."""
+    """Lower Cholesky factor of ``cov`` (n, n), adding jitter·mean(diag) (jitter alone where the
+    diagonal is 0) ×10 per try until it succeeds; LinAlgError after ``max_tries``."""
     cov = np.asarray(cov, dtype=np.float64)
-    scale = float(np.mean(np.diag(cov))) if cov.size else 1.0
+    scale = (float(np.mean(np.diag(cov))) if cov.size else 1.0) or 1.0
     eye = np.eye(cov.shape[0])
     for attempt in range(max_tries):
         try:

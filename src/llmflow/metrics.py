@@ -31,7 +31,7 @@ import scoringrules as sr
 from scipy import stats
 
 from llmflow.binned import BinnedDensity
-from llmflow.gp import LOG_2PI
+from llmflow.gp import LOG_2PI, stable_cholesky
 from llmflow.tasks import Task
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -58,10 +58,12 @@ def kde_log_density(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def gaussian_fit_loglik(samples: np.ndarray, y: np.ndarray, jitter: float = 1e-6) -> float:
-    """Joint log-likelihood per target of y (m,) under N(mean, cov + jitter I) of samples (S, m)."""
+    """Joint log-likelihood per target of y (m,) under N(mean, cov + δ I) of samples (S, m): δ is
+    ``jitter`` times the mean variance, grown until the factorisation succeeds
+    (:func:`llmflow.gp.stable_cholesky`), so fewer samples than targets (a singular sample
+    covariance) or large units score (very low) instead of failing."""
     mean = samples.mean(axis=0)
-    cov = np.atleast_2d(np.cov(samples, rowvar=False)) + jitter * np.eye(samples.shape[1])
-    chol = np.linalg.cholesky(cov)
+    chol = stable_cholesky(np.atleast_2d(np.cov(samples, rowvar=False)), jitter=jitter)
     diff = np.linalg.solve(chol, y - mean)
     return float(-0.5 * diff @ diff - np.log(np.diag(chol)).sum() - 0.5 * len(y) * LOG_2PI) / len(y)
 
