@@ -14,6 +14,8 @@ from llmflow.predict import SANE_SCALES, TaskFrame, check_samples, sample_task
 from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, user_task
 
+from experts import gaussian_bins
+
 SAMPLER = SamplerConfig()
 
 
@@ -115,14 +117,12 @@ def test_leave_one_out_samples_refuse_points_of_other_data():
 def _gaussian_store(task: Task, centres: np.ndarray, sd: float, loo_centres: np.ndarray, loo_sd: float,
                     held: np.ndarray):
     """An expert store whose bins carry N(centre, sd²) at each target and N(loo_centre, loo_sd²)
-    at the held-out context points ``held``."""
-    from scipy import stats
-
+    at the held-out context points ``held`` (96 bins over ±6 sd)."""
     from llmflow.binned import store_dataset
 
-    def bins(c, s):
-        edges = c[:, None] + np.linspace(-6 * s, 6 * s, 97)[None, :]
-        return edges[:, :-1], edges[:, 1:], np.log(np.diff(stats.norm.cdf(edges, c[:, None], s), axis=1))
+    def bins(centres, sd):
+        density = gaussian_bins(centres, sd, width=sd / 8)
+        return (a[0].numpy() for a in (density.lower, density.upper, density.log_prob))
 
     lower, upper, logp = bins(centres, sd)
     l_lo, l_up, l_lp = bins(loo_centres, loo_sd)
