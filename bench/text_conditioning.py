@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scoringrules as sr
 import torch
 import xarray as xr
 import yaml
@@ -41,6 +40,7 @@ import yaml
 from llmflow import expert, llm
 from llmflow.config import validate_config
 from llmflow.io import write_zarr
+from llmflow.metrics import ensemble_crps
 from llmflow.ndp import TrainedNDP
 from llmflow.binned import BinnedDensity
 from llmflow.poe import ExpertTerm
@@ -107,7 +107,7 @@ def adjacent_targets(task: Task) -> np.ndarray:
 
 
 def crps(samples: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(sr.crps_ensemble(y, samples.T))) if len(y) else float("nan")
+    return float(np.mean(ensemble_crps(samples, y))) if len(y) else float("nan")
 
 
 def compute_expert(task: Task, variant: Variant, base: dict, models: dict, cache: Path,

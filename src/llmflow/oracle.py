@@ -62,7 +62,7 @@ from llmflow.gp import LOG_2PI, posterior, stable_cholesky
 from llmflow.io import write_file
 from llmflow.kernels import Kernel
 from llmflow.likelihood import LikelihoodConfig, conditional_log_likelihood, marginal_log_likelihood
-from llmflow.metrics import gaussian_fit_loglik, kde_log_density
+from llmflow.metrics import ensemble_crps, gaussian_fit_loglik, kde_log_density
 from llmflow.ndp import TrainedNDP
 from llmflow.prior import PriorConfig
 from llmflow.sampler import SamplerConfig, sample
@@ -175,7 +175,7 @@ def sample_scores(tasks: GPTasks, y_samples: np.ndarray, jitter: float = 1e-6) -
         s, y = y_samples[i][:, tasks.tgt_mask[i]], tasks.task(i)[3]
         ll[i] = gaussian_fit_loglik(s, y, jitter)
         nll[i] = -kde_log_density(s, y).mean()
-        crps[i] = sr.crps_ensemble(y, s.T).mean()
+        crps[i] = ensemble_crps(s, y).mean()
     return Scores(ll, nll, crps)
 
 
