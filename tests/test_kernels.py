@@ -47,6 +47,17 @@ def test_empirical_covariance_matches_kernel(name):
         assert np.abs(emp - wrong(X, X)).max() > TOL
 
 
+def test_trend_term_is_the_covariance_of_a_random_slope():
+    # f + b·x with b ~ N(0, s²): the draws' covariance is k + s² x xᵀ, which a stationary kernel
+    # cannot be (it grows away from x = 0)
+    k = Kernel("se", lengthscale=0.6, slope_variance=0.8)
+    np.testing.assert_allclose(k(X, X), kernel("se")(X, X) / 1.3 + 0.8 * X @ X.T)
+    draws = sample_prior(k, X, noise_std=0.0, rng=np.random.default_rng(3), n_draws=N_DRAWS)
+    emp = np.cov(draws, rowvar=False)
+    assert np.abs(emp - k(X, X)).max() < TOL
+    assert np.abs(emp - Kernel("se", lengthscale=0.6)(X, X)).max() > 5 * TOL
+
+
 def test_noise_adds_to_the_diagonal():
     k = kernel("se")
     draws = sample_prior(k, X, noise_std=0.5, rng=np.random.default_rng(2), n_draws=N_DRAWS)
@@ -75,3 +86,5 @@ def test_invalid_hyperparameters_are_rejected():
         Kernel("se", lengthscale=-1.0)
     with pytest.raises(ValueError, match="unknown kernel"):
         Kernel("rbf")
+    with pytest.raises(ValueError, match="slope_variance"):
+        Kernel("se", slope_variance=-0.1)

@@ -66,6 +66,14 @@ def test_bayes_mixture_with_a_point_mass_prior_is_the_gp_posterior():
     assert len(grid.kernels) == 1 and grid.log_weight[0] == pytest.approx(0.0)
     tasks = make_gp_tasks(Kernel("se", lengthscale=0.25), 20, np.random.default_rng(2))
     np.testing.assert_allclose(bayes_mixture_scores(tasks, grid).loglik, gp_optimum_scores(tasks).loglik, atol=1e-8)
+    # a prior whose every function has a trend of slope sd 1.5: the kernel gets s² x·x'
+    trend = hyper_grid(PriorConfig.from_config(dict(point, trend_fraction=1.0, slope_std=[1.5, 1.5])), {"slope_std": 4})
+    assert len(trend.kernels) == 1 and trend.kernels[0].slope_variance == pytest.approx(2.25)
+    tasks = make_gp_tasks(trend.kernels[0], 20, np.random.default_rng(2))
+    np.testing.assert_allclose(bayes_mixture_scores(tasks, trend).loglik, gp_optimum_scores(tasks).loglik, atol=1e-8)
+    half = hyper_grid(PriorConfig.from_config(dict(point, trend_fraction=0.5, slope_std=[0.5, 1.5])), {"slope_std": 4})
+    assert sorted(k.slope_variance for k in half.kernels) == pytest.approx([0.0, 0.625**2, 0.875**2, 1.125**2, 1.375**2])
+    assert np.exp(half.log_weight) == pytest.approx([0.5, 0.125, 0.125, 0.125, 0.125])
 
 
 def test_bayes_mixture_sits_between_misspecified_and_true_kernel(shard):

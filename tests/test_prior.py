@@ -62,6 +62,23 @@ def test_draw_variance_follows_sampled_variance(cfg):
     assert abs(ratio.mean() - 1.0) < 0.15
 
 
+def test_a_share_of_the_functions_gets_a_linear_trend():
+    section = dict(SECTION, x_dim=1, x_range=[-2.0, 2.0], n_points=[30, 30], functions_per_shard=400,
+                   trend_fraction=0.5, slope_std=[2.0, 3.0])
+    ds = make_shard(PriorConfig.from_config(validate_config({"seed": 3, "prior": section})["prior"]), 3, "train", 0)
+    s2 = ds["slope_variance"].values
+    trend = s2 > 0
+    assert 0.4 < trend.mean() < 0.6 and np.all((s2[trend] >= 4.0) & (s2[trend] <= 9.0))
+    # least-squares slope of each function: slope² ≈ s² + the stationary part's own (≲ 1)
+    x, y = ds["x"].values[..., 0], ds["y"].values
+    xc = x - x.mean(1, keepdims=True)
+    slope = (xc * y).sum(1) / (xc**2).sum(1)
+    assert np.mean(slope[trend] ** 2) > 4.0 > 1.0 > np.mean(slope[~trend] ** 2)
+    # trend_fraction 0: stationary draws only
+    plain = make_shard(PriorConfig.from_config(validate_config({"seed": 3, "prior": dict(section, trend_fraction=0.0)})["prior"]), 3, "train", 0)
+    assert np.all(plain["slope_variance"].values == 0)
+
+
 def test_shards_are_byte_identical_and_independent_of_order(cfg, tmp_path):
     config_json = prior_config_json(SECTION, 3)
     # shard 1 made alone, and made after shard 0 in the same process

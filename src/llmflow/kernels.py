@@ -1,4 +1,4 @@
-"""Stationary covariance functions for the GP prior and the GP oracle.
+"""Covariance functions for the GP prior and the GP oracle: stationary, plus an optional trend.
 
 Every kernel maps inputs ``x1`` of shape (n, D) and ``x2`` of shape (m, D) to a covariance matrix
 of shape (n, m), in float64. Length-scales and periods are in the units of x; ``variance`` is in
@@ -10,7 +10,10 @@ units of y².
   1-D periodic kernel (the Euclidean-distance form is not positive definite for D > 1)
 - ``weakly_periodic``: SE × periodic, ``v * exp(-r² / (2 ℓ²)) * exp(-2 Σ_d sin²(π |x_d - x'_d| / p) / ℓ_p²)``
 
-``r`` is the Euclidean distance.
+``r`` is the Euclidean distance. Any of them takes a linear trend term ``+ s² x·x'``
+(``slope_variance`` = s², in y² per x² units; 0 = none): the covariance of ``f(x) + b·x`` with
+a slope ``b ~ N(0, s² I)``, so a function can keep rising beyond its data (a trending series
+forecast) where a stationary draw reverts to its mean.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ KERNEL_NAMES: tuple[str, ...] = ("se", "matern52", "periodic", "weakly_periodic"
 
 @dataclass(frozen=True)
 class Kernel:
-    """A stationary kernel with its hyper-parameters.
+    """A stationary kernel with its hyper-parameters, plus an optional linear trend term.
 
     ``lengthscale`` is the SE / Matérn length-scale (for ``periodic`` it is unused);
     ``period`` and ``periodic_lengthscale`` parameterise the periodic factor of ``periodic``
-    and ``weakly_periodic``.
+    and ``weakly_periodic``; ``slope_variance`` ≥ 0 the variance of the trend's slope.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Kernel:
     variance: float = 1.0
     period: float = 1.0
     periodic_lengthscale: float = 1.0
+    slope_variance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in KERNEL_NAMES:
@@ -43,6 +47,8 @@ class Kernel:
         for field in ("lengthscale", "variance", "period", "periodic_lengthscale"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"kernel {self.name}: {field} must be > 0, got {getattr(self, field)}")
+        if not self.slope_variance >= 0:
+            raise ValueError(f"kernel {self.name}: slope_variance must be >= 0, got {self.slope_variance}")
 
     def __call__(self, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
         """Covariance matrix (n, m) between ``x1`` (n, D) and ``x2`` (m, D)."""
@@ -60,7 +66,7 @@ class Kernel:
             k = self._periodic(diff)
         else:  # weakly_periodic
             k = np.exp(-0.5 * sq / self.lengthscale**2) * self._periodic(diff)
-        return self.variance * k
+        return self.variance * k + self.slope_variance * (x1 @ x2.T)
 
     def _periodic(self, diff: np.ndarray) -> np.ndarray:
         sin2 = np.sum(np.sin(np.pi * np.abs(diff) / self.period) ** 2, axis=-1)

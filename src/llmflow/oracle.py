@@ -150,9 +150,10 @@ def prior_tasks(
     x, y, mask = ds["x"].values, ds["y"].values, ds["mask"].values
     n_valid = mask.sum(1)
     counts = np.minimum(rng.integers(n_ctx[0], n_ctx[1] + 1, size=len(y)), n_valid - 1)
+    slope = ds["slope_variance"].values if "slope_variance" in ds else np.zeros(len(y))
     kernels = tuple(
-        Kernel(str(k), lengthscale=float(ls), variance=float(v), period=float(p), periodic_lengthscale=float(pl))
-        for k, ls, v, p, pl in zip(*(ds[n].values for n in ("kernel", "lengthscale", "variance", "period", "periodic_lengthscale")))
+        Kernel(str(k), lengthscale=float(ls), variance=float(v), period=float(p), periodic_lengthscale=float(pl), slope_variance=float(s))
+        for k, ls, v, p, pl, s in zip(*(ds[n].values for n in ("kernel", "lengthscale", "variance", "period", "periodic_lengthscale")), slope)
     )
     return GPTasks(*_split(x, y, counts, n_valid, n_tgt), kernels=kernels, noise_std=ds["noise_std"].values.astype(float))
 
@@ -223,7 +224,8 @@ class HyperGrid:
 
 
 def hyper_grid(prior: PriorConfig, resolution: dict[str, int]) -> HyperGrid:
-    """Midpoint grid over every hyper-parameter a kernel uses, ``resolution[name]`` nodes per axis."""
+    """Midpoint grid over every hyper-parameter a kernel uses and the trend's slope sd
+    (``slope_std``, where ``prior.trend_fraction`` > 0), ``resolution[name]`` nodes per axis."""
 
     def axis(name: str) -> np.ndarray:
         lo, hi = getattr(prior, name)
@@ -235,14 +237,20 @@ def hyper_grid(prior: PriorConfig, resolution: dict[str, int]) -> HyperGrid:
     weights = weights / weights.sum()
     kernels, noise, logw = [], [], []
     defaults = Kernel("se")
+    # the trend: none (mass 1 − trend_fraction) or a slope sd s on its grid (slope_variance s²)
+    slopes = [(0.0, 1.0 - prior.trend_fraction)] if prior.trend_fraction < 1 else []
+    if prior.trend_fraction > 0:
+        s_nodes = axis("slope_std")
+        slopes += [(float(s) ** 2, prior.trend_fraction / len(s_nodes)) for s in s_nodes]
     for name, w in zip(prior.kernels, weights):
         names = _USES[name] + ("variance", "noise_std")
         nodes = list(itertools.product(*(axis(n) for n in names)))
-        for values in nodes:
+        for values, (slope_variance, mass) in itertools.product(nodes, slopes):
             hp = dict(zip(names, values))
-            kernels.append(Kernel(name, **{k: float(hp.get(k, getattr(defaults, k))) for k in ("lengthscale", "variance", "period", "periodic_lengthscale")}))
+            kernels.append(Kernel(name, **{k: float(hp.get(k, getattr(defaults, k))) for k in ("lengthscale", "variance", "period", "periodic_lengthscale")},
+                                  slope_variance=slope_variance))
             noise.append(float(hp["noise_std"]))
-            logw.append(np.log(w / len(nodes)))
+            logw.append(np.log(w * mass / len(nodes)))
     return HyperGrid(tuple(kernels), np.asarray(noise), np.asarray(logw))
 
 
@@ -321,7 +329,8 @@ class OracleConfig(Section):
     bayes_grid: dict | None = None
 
     def grid_resolution(self) -> dict[str, int]:
-        return {"lengthscale": 24, "period": 96, "periodic_lengthscale": 8, "variance": 4, "noise_std": 3, **(self.bayes_grid or {})}
+        return {"lengthscale": 24, "period": 96, "periodic_lengthscale": 8, "variance": 4, "noise_std": 3, "slope_std": 4,
+                **(self.bayes_grid or {})}
 
 
 def run_gp_oracle(

@@ -3,7 +3,9 @@
 Each function gets a kernel drawn from the configured mixture, hyper-parameters drawn from
 their ranges (length-scales and periods log-uniform, variance and noise uniform), a number of
 points uniform in ``n_points`` and inputs uniform in the ``x_range`` box of dimension
-``x_dim``. Observations are ``y = f(x) + ε`` with ``ε ~ N(0, noise_std²)``.
+``x_dim``; a share ``trend_fraction`` of the functions also gets a linear trend ``b·x`` with
+``b ~ N(0, s²)``, s uniform in ``slope_std`` (the kernel's ``slope_variance`` = s²).
+Observations are ``y = f(x) + ε`` with ``ε ~ N(0, noise_std²)``.
 
 A shard is a function of (config, seed, split, shard index) only: its random stream is
 ``SeedSequence(seed, spawn_key=(split_id, shard))``, so shards can be made in any order, on any
@@ -13,7 +15,7 @@ number of workers, and are byte-identical every time.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +44,8 @@ class PriorConfig(Section):
     noise_std: tuple[float, float] = (0.05, 0.05)
     period: tuple[float, float] = (0.25, 1.0)
     periodic_lengthscale: tuple[float, float] = (1.0, 1.0)
+    trend_fraction: float = 0.0
+    slope_std: tuple[float, float] = (0.0, 0.0)
     functions_per_shard: int = 1024
     shards: dict[str, int] = field(default_factory=dict)
 
@@ -70,6 +74,9 @@ def draw_kernel(cfg: PriorConfig, rng: np.random.Generator) -> tuple[Kernel, flo
         periodic_lengthscale=_log_uniform(rng, cfg.periodic_lengthscale),
     )
     noise_std = float(rng.uniform(*cfg.noise_std))
+    # drawn only when trends are on, so a trend-free prior's shards stay as they were
+    if cfg.trend_fraction > 0 and rng.uniform() < cfg.trend_fraction:
+        kernel = replace(kernel, slope_variance=float(rng.uniform(*cfg.slope_std)) ** 2)
     return kernel, noise_std
 
 
@@ -79,14 +86,14 @@ def make_shard(cfg: PriorConfig, seed: int, split: str, shard: int, config_json:
     Returns a Dataset with ``x (function, point, x_dim)``, ``y (function, point)``,
     ``mask (function, point)`` (True where a point exists; functions shorter than the longest
     are padded with zeros) and per function ``kernel``, ``lengthscale``, ``variance``,
-    ``period``, ``periodic_lengthscale``, ``noise_std``.
+    ``period``, ``periodic_lengthscale``, ``slope_variance``, ``noise_std``.
     """
     rng = shard_rng(seed, split, shard)
     n_fn, max_pts, dim = cfg.functions_per_shard, cfg.n_points[1], cfg.x_dim
     x = np.zeros((n_fn, max_pts, dim))
     y = np.zeros((n_fn, max_pts))
     mask = np.zeros((n_fn, max_pts), dtype=bool)
-    params: dict[str, list] = {k: [] for k in ("kernel", "lengthscale", "variance", "period", "periodic_lengthscale", "noise_std")}
+    params: dict[str, list] = {k: [] for k in ("kernel", "lengthscale", "variance", "period", "periodic_lengthscale", "slope_variance", "noise_std")}
     for i in range(n_fn):
         kernel, noise_std = draw_kernel(cfg, rng)
         n = int(rng.integers(cfg.n_points[0], cfg.n_points[1] + 1))
@@ -94,7 +101,7 @@ def make_shard(cfg: PriorConfig, seed: int, split: str, shard: int, config_json:
         x[i, :n] = xi
         y[i, :n] = sample_prior(kernel, xi, noise_std, rng)[0]
         mask[i, :n] = True
-        for key in ("lengthscale", "variance", "period", "periodic_lengthscale"):
+        for key in ("lengthscale", "variance", "period", "periodic_lengthscale", "slope_variance"):
             params[key].append(getattr(kernel, key))
         params["kernel"].append(kernel.name)
         params["noise_std"].append(noise_std)
