@@ -83,3 +83,19 @@ def test_training_curve_is_written_and_deterministic(tmp_path: Path):
     a = (tmp_path / "a.png").read_bytes()
     assert a[:4] == b"\x89PNG" and a == (tmp_path / "b.png").read_bytes() != (tmp_path / "c.png").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_task_figure_keeps_the_data_readable_beside_wild_bands(tmp_path: Path, monkeypatch):
+    # a series near 1e4 with one method's draws at 20x (digit slips): the panels stay on the
+    # data's scale, the wild band runs off the panel
+    task = _task()
+    task = Task(task.name, task.family, task.text, task.x_context, 1e4 + 500 * task.y_context, task.x_target, 1e4 + 500 * task.y_target)
+    rng = np.random.default_rng(1)
+    m = len(task.y_target)
+    samples = {"ndp": 1e4 + 300 * rng.normal(size=(16, m)), "a-llmp": 2e5 * rng.uniform(size=(16, m))}
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig))
+    plots.task_figure(task, samples, _bins(m), tmp_path / "user-wild.png")
+    lo, hi = drawn[0].axes[0].get_ylim()
+    data = np.concatenate([task.y_context, task.y_target])
+    assert lo <= data.min() and hi >= data.max() and hi - lo < 10 * np.ptp(data)

@@ -164,12 +164,18 @@ def calibration(tasks: pd.DataFrame, path: str | Path) -> None:
 
 def _band_ylim(task: Task, quant: dict[str, np.ndarray]) -> tuple[float, float]:
     """y-range holding the context, the known truth and every method's central 50% band (quant
-    (m, 5) at LEVELS), padded by half its height: a few wild draws (A-LLMP's digit slips) run
-    off the panel instead of flattening every other band."""
-    values = [task.y_context, task.y_target[np.isfinite(task.y_target)], *(q[:, 1:4] for q in quant.values())]
-    flat = np.concatenate([np.ravel(v) for v in values])
-    lo, hi = flat.min(), flat.max()
-    pad = 0.5 * (hi - lo) + 1e-9
+    (m, 5) at LEVELS), capped at two data ranges beyond the data (context and known truth) and
+    padded by a quarter: wild draws and coarse bins (A-LLMP's and I-LLMP's digit slips, 20x a
+    GDP series) run off the panel instead of flattening the data and every other band."""
+    data = np.concatenate([task.y_context, task.y_target[np.isfinite(task.y_target)]])
+    bands = np.concatenate([data, *(np.ravel(q[:, 1:4]) for q in quant.values())])
+    bands = bands[np.isfinite(bands)]
+    if len(data):
+        reach = 2.0 * (np.ptp(data) or max(np.abs(data).max(), 1.0))
+        lo, hi = max(bands.min(), data.min() - reach), min(bands.max(), data.max() + reach)
+    else:
+        lo, hi = bands.min(), bands.max()
+    pad = 0.25 * (hi - lo) + 1e-9
     return lo - pad, hi + pad
 
 
