@@ -126,3 +126,16 @@ def test_fitted_gp_store_round_trip_and_exact_quantiles(tmp_path: Path):
     sd = np.sqrt(np.diag(fit.predictive.cov))
     np.testing.assert_allclose(table["q05"], fit.predictive.mean - 1.6448536 * sd, rtol=1e-6)
     np.testing.assert_allclose(table["median"], fit.predictive.mean)
+
+
+def test_the_exported_interval_is_the_scored_one():
+    # the predictions CSV's q05/q95 of draws are the interval coverage90 counts (10 draws: the
+    # Weibull ends lie at the extreme draws, numpy's default ones well inside)
+    task = _task()
+    draws = np.random.default_rng(1).normal(task.y_target, 1.0, (10, 4))
+    table = predictions(task, {"ndp": draws}, _bins(4), {})["ndp"]
+    np.testing.assert_allclose(table["q05"], draws.min(axis=0))
+    np.testing.assert_allclose(table["q95"], draws.max(axis=0))
+    rows = pd.DataFrame(task_rows(task, {"ndp": draws}, _bins(4), {})).set_index(["method", "metric"])["value"]
+    inside = (task.y_target >= table["q05"]) & (task.y_target <= table["q95"])
+    assert rows[("ndp", "coverage90")] == pytest.approx(inside.mean())

@@ -1,6 +1,7 @@
 """Metrics: estimators checked against exact values on Gaussian predictives."""
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from llmflow.binned import BinnedDensity
@@ -92,6 +93,9 @@ def test_few_draws_are_scored_as_the_distribution_they_come_from():
         out = sample_metrics(task, rng.standard_normal((s, m)))
         assert abs(out["crps"] - exact) < 0.01, (s, out["crps"], exact)
         assert abs(out["coverage90"] - cov90) < 0.015, (s, out["coverage90"])
+    # one draw (allmp.n_samples: 1) has no fair estimate: its CRPS is |x − y|
+    one = sample_metrics(task, np.zeros((1, m)))
+    assert one["crps"] == pytest.approx(np.mean(np.abs(y))) and np.isfinite(one["energy"])
 
 
 def test_constraint_and_roughness():

@@ -119,6 +119,8 @@ def check_consistency(config: dict[str, Any]) -> None:
     prior, ndp = config["prior"], config["ndp"]
     if prior["kernel_weights"] is not None and len(prior["kernel_weights"]) != len(prior["kernels"]):
         fail("prior.kernel_weights", f"{len(prior['kernel_weights'])} weights for {len(prior['kernels'])} kernels")
+    if prior["trend_fraction"] > 0 and prior["slope_std"][1] <= 0:
+        fail("prior.slope_std", f"{prior['slope_std']} gives no trend to the {prior['trend_fraction']} of functions that prior.trend_fraction asks for")
     if ndp["dim"] % ndp["heads"]:
         fail("ndp.heads", f"{ndp['heads']} does not divide ndp.dim = {ndp['dim']}")
     seen: set[str] = set()

@@ -22,7 +22,7 @@ from llmflow.gp import GaussianPosterior, posterior
 from llmflow.io import write_file
 from llmflow.kernels import Kernel
 from llmflow.metrics import (QUANTILES, SAMPLE_ONLY, bins_metrics, gaussian_metrics, gaussian_quantiles,
-                             prediction_table, sample_metrics)
+                             prediction_table, sample_metrics, sample_quantiles)
 from llmflow.tasks import Task
 
 SAMPLE_METHODS: tuple[str, ...] = ("ndp", "a-llmp", "llm-ndp", "llm-ndp-cal", "gp")
@@ -89,7 +89,7 @@ def predictions(task: Task, samples: Mapping[str, np.ndarray], bins: BinnedDensi
             g = gaussians[method]
             out[method] = pd.DataFrame(prediction_table(task.x_target, gaussian_quantiles(g.mean, g.cov), g.mean))
             continue
-        quant = np.nanquantile(s, QUANTILES, axis=0).T
+        quant = sample_quantiles(s, QUANTILES)
         out[method] = pd.DataFrame(prediction_table(task.x_target, quant, np.nanmean(s, axis=0)))
     out["i-llmp"] = pd.DataFrame(prediction_table(task.x_target, bins.quantiles(np.asarray(QUANTILES))[0], bins.mean()[0]))
     return out

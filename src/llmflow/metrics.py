@@ -21,10 +21,10 @@ ensemble, so that methods with 10 draws (A-LLMP) and 64 (NDP) compare on one sca
 energy score by the fair estimators (Ferro 2014, Statistical scoring of ensemble forecasts:
 unbiased for the score of the distribution the draws come from; the empirical-ensemble CRPS
 of 10 N(0, 1) draws is 10% above the exact one), interval ends by the Weibull plotting
-positions p·(S + 1) (E F(X_(k)) = k/(S + 1), so the interval holds 90% of the predictive's
-mass on average; numpy's default positions 1 + p·(S − 1) hold 0.9·(S − 1)/(S + 1): 0.74 at 10
-draws, 0.87 at 64). With S draws the 90% interval can hold at most (S − 1)/(S + 1) (the draws'
-range): 0.82 at 10 draws.
+positions p·(S + 1) (E F(X_(k)) = k/(S + 1), so the interval holds about 90% of the
+predictive's mass on average; numpy's default positions 1 + p·(S − 1) hold about 0.76 at 10
+Gaussian draws and 0.875 at 64). With S draws the 90% interval can hold at most
+(S − 1)/(S + 1) (the draws' range): 0.82 at 10 draws.
 - ``mae``: mean absolute error of the median.
 - ``roughness``: mean squared second difference of each trajectory along its sorted x
   (1-D x, samples only): the paper's smoothness contrast between joint and independent draws.
@@ -55,16 +55,22 @@ def constrains(task: Task) -> bool:
     return task.constraint_lo is not None and bool(np.any(np.isfinite(task.constraint_lo) | np.isfinite(task.constraint_hi)))
 
 
+def _estimator(n_draws: int) -> str:
+    # the fair estimators divide by S·(S − 1): one draw has only |x − y|
+    return "fair" if n_draws >= 2 else "nrg"
+
+
 def ensemble_crps(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Fair CRPS per target of draws samples (S, m) at truths y (m,): unbiased for the CRPS of the
-    distribution the draws come from (Ferro 2014)."""
-    return sr.crps_ensemble(y, samples.T, estimator="fair")
+    distribution the draws come from (Ferro 2014); |x − y| for a single draw."""
+    return sr.crps_ensemble(y, samples.T, estimator=_estimator(len(samples)))
 
 
 def sample_quantiles(samples: np.ndarray, levels) -> np.ndarray:
     """Quantiles (m, len(levels)) of draws samples (S, m) at the Weibull plotting positions
-    level·(S + 1), whose expected probability content is the level itself."""
-    return np.quantile(samples, levels, axis=0, method="weibull").T
+    level·(S + 1), whose expected probability content is the level itself (NaN draws ignored).
+    The scores, the predictions CSVs and the figures' bands all take their intervals here."""
+    return np.nanquantile(samples, levels, axis=0, method="weibull").T
 
 
 def kde_log_density(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -117,7 +123,7 @@ def sample_metrics(task: Task, samples: np.ndarray) -> dict[str, float]:
         s, y = samples[:, known], task.y_target[known]
         out["nll_kde"] = float(-kde_log_density(s, y).mean())
         out["crps"] = float(np.mean(ensemble_crps(s, y)))
-        out["energy"] = float(sr.es_ensemble(y, s, estimator="fair")) / len(y)
+        out["energy"] = float(sr.es_ensemble(y, s, estimator=_estimator(len(s)))) / len(y)
         out |= _interval_metrics(sample_quantiles(s, QUANTILES), y)
         if known.sum() >= 2:
             out["joint_loglik"] = gaussian_fit_loglik(s, y)

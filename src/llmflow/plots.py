@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 from llmflow.binned import BinnedDensity  # noqa: E402
 from llmflow.io import write_file  # noqa: E402
+from llmflow.metrics import sample_quantiles  # noqa: E402
 from llmflow.tasks import Task  # noqa: E402
 
 # A colour per method, in the order of the task figures' panels.
@@ -70,7 +71,7 @@ def figure1(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity, x_p
     x = task.x_target[:, 0]
     drawn = ("a-llmp", "llm-ndp", "gp")
     fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), sharex=False)
-    bands = {"i-llmp": bins.quantiles(LEVELS)[0]} | {m: np.quantile(samples[m], LEVELS, axis=0).T for m in drawn}
+    bands = {"i-llmp": bins.quantiles(LEVELS)[0]} | {m: sample_quantiles(samples[m], LEVELS) for m in drawn}
     for ax, (method, quant) in zip(axes[0], bands.items()):
         _band(ax, x, quant, COLORS[method], method)
         _context(ax, task)
@@ -185,7 +186,7 @@ def task_figure(task: Task, samples: dict[str, np.ndarray], bins: BinnedDensity,
     x = task.x_target[:, 0]
     known = np.isfinite(task.y_target)
     fig, axes = plt.subplots(1, len(COLORS), figsize=(4 * len(COLORS), 3.8), sharey=True)
-    quant = {"i-llmp": bins.quantiles(LEVELS)[0]} | {m: np.nanquantile(s, LEVELS, axis=0).T for m, s in samples.items()}
+    quant = {"i-llmp": bins.quantiles(LEVELS)[0]} | {m: sample_quantiles(s, LEVELS) for m, s in samples.items()}
     for ax, method in zip(axes, COLORS):
         _context(ax, task)
         if method not in quant:  # A-LLMP runs on the tasks of allmp.tasks only

@@ -74,7 +74,7 @@ def draw_kernel(cfg: PriorConfig, rng: np.random.Generator) -> tuple[Kernel, flo
         periodic_lengthscale=_log_uniform(rng, cfg.periodic_lengthscale),
     )
     noise_std = float(rng.uniform(*cfg.noise_std))
-    # drawn only when trends are on, so a trend-free prior's shards stay as they were
+    # drawn only when trends are on, so a trend-free prior's draws stay as they were
     if cfg.trend_fraction > 0 and rng.uniform() < cfg.trend_fraction:
         kernel = replace(kernel, slope_variance=float(rng.uniform(*cfg.slope_std)) ** 2)
     return kernel, noise_std
@@ -122,7 +122,7 @@ def make_shard(cfg: PriorConfig, seed: int, split: str, shard: int, config_json:
             "shard": shard,
             "seed": seed,
             "units": "x and y are dimensionless (as configured); lengthscale and period in x units; "
-            "variance in y units squared; noise_std in y units",
+            "variance in y units squared; slope_variance in y² per x² units; noise_std in y units",
             "config": config_json,
         },
     )
