@@ -22,11 +22,14 @@ from killresume import (RESUME_ARGS, RUN_ARGS, KillPoint, cut_expert_stores, dig
 SEED = 6
 # Markers and delays fit the tiny config on 2 shared cores: training takes ~1 s after its first
 # checkpoint (so the kill leaves one to resume from), an expert task a few seconds after the
-# first one lands in the cache, a sample job a few seconds; evaluation is the evaluate job
+# first one of a built-in task lands in the cache (not the user task's, nor its temporary
+# .tmp-… folder: that task is alone in its shard, whose job ends with it, and the kill then
+# caught the next shard's job before it had loaded the model, with nothing to reuse), a sample
+# job a few seconds; evaluation is the evaluate job
 # (~0.5 s after its log appears) and then the figures job (several seconds).
 KILL_POINTS = (
     KillPoint("train", "results/ndp/checkpoints/step-*.pt", 0.3),
-    KillPoint("expert", "results/expert/*/.cache/*.zarr", 3.0),
+    KillPoint("expert", "results/expert/*/.cache/[!u.]*.zarr", 3.0),
     KillPoint("sample", "logs/sample/*.log", 3.0),
     KillPoint("evaluate", "logs/evaluate.log", 2.0),
 )

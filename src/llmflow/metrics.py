@@ -15,6 +15,13 @@ averaged over targets whose truth is known:
   densities enter through ``n_quantiles`` evenly spaced quantiles of their CDF).
 - ``energy``: energy score of the joint target vector (``scoringrules.es_ensemble``), samples only.
 - ``coverage50`` / ``coverage90``: fraction of truths inside the central 50% / 90% interval.
+- ``mae``: mean absolute error of the median.
+- ``roughness``: mean squared second difference of each trajectory along its sorted x
+  (1-D x, samples only): the paper's smoothness contrast between joint and independent draws.
+- ``constraint``: fraction of samples meeting the task's text constraint at every target; only
+  where the text constrains some target (a finite bound).
+- ``joint_loglik``: log-likelihood per target of the whole target vector under a Gaussian
+  fitted to the samples (mean, covariance + 1e-6 I): the NDP literature's protocol.
 
 Draws are scored as estimates of the method's predictive distribution, not of the finite
 ensemble, so that methods with 10 draws (A-LLMP) and 64 (NDP) compare on one scale: CRPS and
@@ -25,13 +32,6 @@ positions p·(S + 1) (E F(X_(k)) = k/(S + 1), so the interval holds about 90% of
 predictive's mass on average; numpy's default positions 1 + p·(S − 1) hold about 0.76 at 10
 Gaussian draws and 0.875 at 64). With S draws the 90% interval can hold at most
 (S − 1)/(S + 1) (the draws' range): 0.82 at 10 draws.
-- ``mae``: mean absolute error of the median.
-- ``roughness``: mean squared second difference of each trajectory along its sorted x
-  (1-D x, samples only): the paper's smoothness contrast between joint and independent draws.
-- ``constraint``: fraction of samples meeting the task's text constraint at every target; only
-  where the text constrains some target (a finite bound).
-- ``joint_loglik``: log-likelihood per target of the whole target vector under a Gaussian
-  fitted to the samples (mean, covariance + 1e-6 I): the NDP literature's protocol.
 """
 
 from __future__ import annotations

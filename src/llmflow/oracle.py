@@ -23,7 +23,8 @@ Rows, per kernel:
   one target at a time; no CRPS (the ODE gives densities, not a CDF).
 - ``ndp``: S samples of the sampler (``sampler.*``) scored as the NDP literature does: a Gaussian fitted
   to the samples (mean, unbiased covariance + 10⁻⁶ I) evaluated at the targets; marginal NLL
-  from a per-target kernel density (:func:`llmflow.metrics.kde_log_density`), ensemble CRPS.
+  from a per-target kernel density (:func:`llmflow.metrics.kde_log_density`), fair ensemble CRPS
+  (:func:`llmflow.metrics.ensemble_crps`).
 - ``gp_samples_gaussfit``: S exact GP posterior samples through the very estimators of the
   ``ndp`` row: what a perfect sampler scores, the protocol's own ceiling at this S. A Gaussian
   fitted to S samples of m = 50 targets is biased low unless S ≫ m; ``gp_optimum −
