@@ -67,6 +67,23 @@ def test_context_split_draws_random_subsets_of_the_valid_points():
     assert not context_split(mask, 1.0, torch.Generator().manual_seed(0)).any()
 
 
+def test_forecast_contexts_are_the_leftmost_points():
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.ones(4000, 12, dtype=torch.bool)
+    mask[::2, 8:] = False
+    x = torch.rand(4000, 12, 1, generator=gen) * 4 - 2
+    ctx = context_split(mask, 0.0, torch.Generator().manual_seed(0), x, forecast=0.5)
+    xs = x[..., 0].masked_fill(~mask, float("inf"))
+    # a forecast row's context is its k leftmost valid points: every target lies right of it
+    left = torch.stack([xs[i][ctx[i]].max() < xs[i][mask[i] & ~ctx[i]].min() for i in range(len(ctx))])
+    assert not (ctx & ~mask).any() and 0.5 < left.float().mean().item() < 0.62  # random splits: rarely
+    ahead = context_split(mask, 0.0, torch.Generator().manual_seed(0), x, forecast=1.0)
+    assert all(xs[i][ahead[i]].max() < xs[i][mask[i] & ~ahead[i]].min() for i in range(200))
+    # no forecast: the random splits of before, draw for draw
+    assert torch.equal(context_split(mask, 0.1, torch.Generator().manual_seed(0), x, forecast=0.0),
+                       context_split(mask, 0.1, torch.Generator().manual_seed(0)))
+
+
 def test_smoke_run_reduces_the_loss(shards, tmp_path):
     data = load_prior_shards(shards)
     assert data.x.shape == (256, 16, 1) and data.mask.sum(1).min() >= 8

@@ -2,7 +2,9 @@
 
 One step: draw a batch of prior functions, a random context/target split of each (network with
 context tokens: with probability ``empty_context`` no context — the joint — else a uniform
-number 1…n−1 of its n valid points, chosen uniformly; without context tokens the joint only),
+number 1…n−1 of its n valid points, chosen uniformly, or with probability ``forecast_context``
+its k leftmost points, so that targets lie beyond the data as in a forecast; without context
+tokens the joint only),
 noise ``y0 ~ N(0, I)``, a logit-normal ``t``, and minimise the masked velocity MSE of
 :func:`llmflow.flow.flow_matching_loss` at the non-context points. AdamW, linear warm-up then
 cosine decay to zero, gradient-norm clipping, and an exponential moving average of the
@@ -78,19 +80,25 @@ class TrainConfig(Section):
     seed: int | None = None
     threads: int = 1
     empty_context: float = 0.1
+    forecast_context: float = 0.0
 
     def __post_init__(self) -> None:
         if self.y_normalisation not in ("global", "none"):
             raise ValueError(f"y_normalisation must be 'global' or 'none', got {self.y_normalisation!r}")
         if not 0.0 <= self.empty_context <= 1.0:
             raise ValueError(f"empty_context must lie in [0, 1], got {self.empty_context}")
+        if not 0.0 <= self.forecast_context <= 1.0:
+            raise ValueError(f"forecast_context must lie in [0, 1], got {self.forecast_context}")
 
 
-def context_split(mask: Tensor, empty_context: float, generator: torch.Generator) -> Tensor:
+def context_split(mask: Tensor, empty_context: float, generator: torch.Generator,
+                  x: Tensor | None = None, forecast: float = 0.0) -> Tensor:
     """Random context points (B, N) bool of each row's valid points ``mask`` (B, N).
 
     A row is given no context with probability ``empty_context``; otherwise a count k uniform
-    on 1…n−1 (n its valid points; none when n < 2) and k of its valid points uniformly at random.
+    on 1…n−1 (n its valid points; none when n < 2) and k of its valid points uniformly at random,
+    or, with probability ``forecast`` (``x`` (B, N, D) given), its k points of smallest first
+    coordinate: the targets then lie beyond the context, as in a forecast.
     """
     dev = mask.device
     b, _ = mask.shape
@@ -98,8 +106,15 @@ def context_split(mask: Tensor, empty_context: float, generator: torch.Generator
     u = torch.rand(b, generator=generator, device=dev)
     k = torch.floor(torch.rand(b, generator=generator, device=dev) * (n - 1).clamp(min=0)).long() + 1
     k = torch.where((u < empty_context) | (n < 2), torch.zeros_like(k), k)
-    # rank of each valid point in a random order; invalid points rank last
-    keys = torch.rand(mask.shape, generator=generator, device=dev).masked_fill(~mask, 2.0)
+    # rank of each valid point in a random order (by x in forecast rows); invalid points rank last
+    keys = torch.rand(mask.shape, generator=generator, device=dev)
+    if forecast > 0:  # no extra draws otherwise: the splits stay as they were
+        ahead = torch.rand(b, generator=generator, device=dev) < forecast
+        x0 = x[..., 0].to(keys.dtype)
+        lo = x0.amin(-1, keepdim=True)
+        span = (x0.amax(-1, keepdim=True) - lo).clamp(min=1e-12)
+        keys = torch.where(ahead[:, None], (x0 - lo) / span, keys)
+    keys = keys.masked_fill(~mask, 2.0)
     rank = keys.argsort(-1).argsort(-1)
     return mask & (rank < k[:, None])
 
@@ -200,7 +215,7 @@ def _validation_loss(data: PriorData, norm: YNormalisation, cfg: TrainConfig, de
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     t = sample_logit_normal(n, cfg.t_logit_mean, cfg.t_logit_std, gen).to(dev)
     y0 = torch.randn(y1.shape, generator=gen).to(dev)
-    context = context_split(mask.cpu(), cfg.empty_context, gen).to(dev) if contexts else None
+    context = context_split(mask.cpu(), cfg.empty_context, gen, x.cpu(), cfg.forecast_context).to(dev) if contexts else None
 
     def loss(net: NDP) -> float:
         with torch.no_grad():
@@ -291,7 +306,7 @@ def train(
         x, y1, mask = x_all[idx].to(dev), y_all[idx].to(dev), m_all[idx].to(dev)
         t = sample_logit_normal(len(idx), cfg.t_logit_mean, cfg.t_logit_std, gen, dev)
         y0 = torch.randn(y1.shape, generator=gen, device=dev)
-        context = context_split(mask, cfg.empty_context, gen) if contexts else None
+        context = context_split(mask, cfg.empty_context, gen, x, cfg.forecast_context) if contexts else None
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
         with autocast:
