@@ -10,10 +10,11 @@ import pytest
 from scipy import stats
 
 from llmflow.binned import BinnedDensity
-from llmflow.evaluate import SUMMARY_COLUMNS, predictions, read_samples, summarise, summary_markdown, task_rows
-from llmflow.gp import GaussianPosterior
+from llmflow.evaluate import SUMMARY_COLUMNS, gp_oracle, predictions, read_samples, summarise, summary_markdown, task_rows
+from llmflow.gp import GaussianPosterior, posterior
 from llmflow.gpfit import fit_gp, gp_dataset
 from llmflow.io import write_zarr
+from llmflow.kernels import Kernel
 from llmflow.predict import TaskFrame, samples_dataset
 from llmflow.tasks import Task
 
@@ -139,3 +140,20 @@ def test_the_exported_interval_is_the_scored_one():
     rows = pd.DataFrame(task_rows(task, {"ndp": draws}, _bins(4), {})).set_index(["method", "metric"])["value"]
     inside = (task.y_target >= table["q05"]) & (task.y_target <= table["q95"])
     assert rows[("ndp", "coverage90")] == pytest.approx(inside.mean())
+
+
+def test_the_gp_oracle_uses_every_hyperparameter_the_task_stores():
+    # a GP task drawn with a trend: the oracle's posterior is the trend kernel's, not the
+    # stationary part's
+    trend = Kernel("se", lengthscale=0.3, slope_variance=2.0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (10, 1))
+    y = rng.normal(size=10)
+    task = Task("gp-se-000", "gp", "", x[:6], y[:6], x[6:], y[6:],
+                attrs={"kernel": "se", **trend.hyperparameters(), "noise_std": 0.05})
+    got = gp_oracle(task)
+    want = posterior(trend, x[:6], y[:6], x[6:], 0.05)
+    np.testing.assert_allclose(got.mean, want.mean)
+    np.testing.assert_allclose(got.cov, want.cov)
+    stationary = posterior(Kernel("se", lengthscale=0.3), x[:6], y[:6], x[6:], 0.05)
+    assert np.abs(got.mean - stationary.mean).max() > 0.05

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llmflow.gp import posterior, sample_prior
-from llmflow.kernels import KERNEL_NAMES, Kernel
+from llmflow.kernels import HYPERPARAMETERS, KERNEL_NAMES, Kernel
 
 X = np.linspace(-1.0, 1.0, 7)[:, None]
 N_DRAWS = 6000
@@ -88,3 +88,13 @@ def test_invalid_hyperparameters_are_rejected():
         Kernel("rbf")
     with pytest.raises(ValueError, match="slope_variance"):
         Kernel("se", slope_variance=-0.1)
+
+
+def test_a_kernel_read_back_from_its_record_is_the_same_kernel():
+    k = Kernel("weakly_periodic", lengthscale=0.6, variance=1.3, period=0.4, periodic_lengthscale=0.8, slope_variance=0.5)
+    record = {"noise_std": 0.1, **{name: np.float64(v) for name, v in k.hyperparameters().items()}}
+    assert Kernel.from_record("weakly_periodic", record) == k
+    assert set(k.hyperparameters()) == set(HYPERPARAMETERS)
+    # a store written before trends existed: no slope_variance, so no trend
+    old = {name: v for name, v in k.hyperparameters().items() if name != "slope_variance"}
+    assert Kernel.from_record("weakly_periodic", old).slope_variance == 0.0

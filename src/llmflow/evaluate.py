@@ -50,7 +50,7 @@ def read_samples(paths: Mapping[str, str | Path]) -> tuple[dict[str, np.ndarray]
 def gp_oracle(task: Task) -> GaussianPosterior:
     """Exact GP posterior predictive at the targets with the task's true hyper-parameters."""
     a = task.attrs
-    kernel = Kernel(a["kernel"], float(a["lengthscale"]), float(a["variance"]), float(a["period"]), float(a["periodic_lengthscale"]))
+    kernel = Kernel.from_record(a["kernel"], a)
     return posterior(kernel, task.x_context, task.y_context, task.x_target, float(a["noise_std"]))
 
 

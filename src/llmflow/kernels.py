@@ -18,11 +18,16 @@ forecast) where a stationary draw reverts to its mean.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 KERNEL_NAMES: tuple[str, ...] = ("se", "matern52", "periodic", "weakly_periodic")
+# Kernel's fields after its name: the one list that prior shards, task attrs and the oracle's
+# grids store and read a kernel by.
+HYPERPARAMETERS: tuple[str, ...] = ("lengthscale", "variance", "period", "periodic_lengthscale", "slope_variance")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,17 @@ class Kernel:
                 raise ValueError(f"kernel {self.name}: {field} must be > 0, got {getattr(self, field)}")
         if not self.slope_variance >= 0:
             raise ValueError(f"kernel {self.name}: slope_variance must be >= 0, got {self.slope_variance}")
+
+    @classmethod
+    def from_record(cls, name: str, record: Mapping[str, Any]) -> Kernel:
+        """The kernel ``name`` with the hyper-parameters found in ``record`` by field name (a
+        task's attrs, one function of a prior shard); one it lacks keeps its default (stores
+        written before trends existed have no ``slope_variance``: 0, no trend)."""
+        return cls(str(name), **{k: float(record[k]) for k in HYPERPARAMETERS if k in record})
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The fields of ``HYPERPARAMETERS`` by name, as ``from_record`` reads them back."""
+        return {k: getattr(self, k) for k in HYPERPARAMETERS}
 
     def __call__(self, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
         """Covariance matrix (n, m) between ``x1`` (n, D) and ``x2`` (m, D)."""

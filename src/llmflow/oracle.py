@@ -61,7 +61,7 @@ from scipy.special import logsumexp
 from llmflow.config import Section
 from llmflow.gp import LOG_2PI, posterior, stable_cholesky
 from llmflow.io import write_file
-from llmflow.kernels import Kernel
+from llmflow.kernels import HYPERPARAMETERS, Kernel
 from llmflow.likelihood import LikelihoodConfig, conditional_log_likelihood, marginal_log_likelihood
 from llmflow.metrics import ensemble_crps, gaussian_fit_loglik, kde_log_density
 from llmflow.ndp import TrainedNDP
@@ -151,11 +151,8 @@ def prior_tasks(
     x, y, mask = ds["x"].values, ds["y"].values, ds["mask"].values
     n_valid = mask.sum(1)
     counts = np.minimum(rng.integers(n_ctx[0], n_ctx[1] + 1, size=len(y)), n_valid - 1)
-    slope = ds["slope_variance"].values if "slope_variance" in ds else np.zeros(len(y))
-    kernels = tuple(
-        Kernel(str(k), lengthscale=float(ls), variance=float(v), period=float(p), periodic_lengthscale=float(pl), slope_variance=float(s))
-        for k, ls, v, p, pl, s in zip(*(ds[n].values for n in ("kernel", "lengthscale", "variance", "period", "periodic_lengthscale")), slope)
-    )
+    hypers = {k: ds[k].values for k in HYPERPARAMETERS if k in ds}
+    kernels = tuple(Kernel.from_record(k, {h: v[i] for h, v in hypers.items()}) for i, k in enumerate(ds["kernel"].values))
     return GPTasks(*_split(x, y, counts, n_valid, n_tgt), kernels=kernels, noise_std=ds["noise_std"].values.astype(float))
 
 
@@ -237,7 +234,6 @@ def hyper_grid(prior: PriorConfig, resolution: dict[str, int]) -> HyperGrid:
     weights = np.asarray(prior.kernel_weights or [1.0] * len(prior.kernels), dtype=float)
     weights = weights / weights.sum()
     kernels, noise, logw = [], [], []
-    defaults = Kernel("se")
     # the trend: none (mass 1 − trend_fraction) or a slope sd s on its grid (slope_variance s²)
     slopes = [(0.0, 1.0 - prior.trend_fraction)] if prior.trend_fraction < 1 else []
     if prior.trend_fraction > 0:
@@ -248,8 +244,7 @@ def hyper_grid(prior: PriorConfig, resolution: dict[str, int]) -> HyperGrid:
         nodes = list(itertools.product(*(axis(n) for n in names)))
         for values, (slope_variance, mass) in itertools.product(nodes, slopes):
             hp = dict(zip(names, values))
-            kernels.append(Kernel(name, **{k: float(hp.get(k, getattr(defaults, k))) for k in ("lengthscale", "variance", "period", "periodic_lengthscale")},
-                                  slope_variance=slope_variance))
+            kernels.append(Kernel.from_record(name, hp | {"slope_variance": slope_variance}))
             noise.append(float(hp["noise_std"]))
             logw.append(np.log(w * mass / len(nodes)))
     return HyperGrid(tuple(kernels), np.asarray(noise), np.asarray(logw))

@@ -23,7 +23,7 @@ import xarray as xr
 
 from llmflow.config import Section
 from llmflow.gp import sample_prior
-from llmflow.kernels import Kernel
+from llmflow.kernels import HYPERPARAMETERS, Kernel
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -93,7 +93,7 @@ def make_shard(cfg: PriorConfig, seed: int, split: str, shard: int, config_json:
     x = np.zeros((n_fn, max_pts, dim))
     y = np.zeros((n_fn, max_pts))
     mask = np.zeros((n_fn, max_pts), dtype=bool)
-    params: dict[str, list] = {k: [] for k in ("kernel", "lengthscale", "variance", "period", "periodic_lengthscale", "slope_variance", "noise_std")}
+    params: dict[str, list] = {k: [] for k in ("kernel", *HYPERPARAMETERS, "noise_std")}
     for i in range(n_fn):
         kernel, noise_std = draw_kernel(cfg, rng)
         n = int(rng.integers(cfg.n_points[0], cfg.n_points[1] + 1))
@@ -101,8 +101,8 @@ def make_shard(cfg: PriorConfig, seed: int, split: str, shard: int, config_json:
         x[i, :n] = xi
         y[i, :n] = sample_prior(kernel, xi, noise_std, rng)[0]
         mask[i, :n] = True
-        for key in ("lengthscale", "variance", "period", "periodic_lengthscale", "slope_variance"):
-            params[key].append(getattr(kernel, key))
+        for key, value in kernel.hyperparameters().items():
+            params[key].append(value)
         params["kernel"].append(kernel.name)
         params["noise_std"].append(noise_std)
 

@@ -5,8 +5,8 @@ A task is stored as ``results/tasks/{name}.zarr`` with ``x_context (context, x_d
 unknown) and, for tasks whose text states something checkable, ``constraint_lo (target)`` and
 ``constraint_hi (target)``: a sample satisfies the text when every target lies in its interval
 (±inf where the text says nothing). attrs: ``name``, ``family``, ``text``, and for GP draws the
-true kernel (``kernel``, ``lengthscale``, ``variance``, ``period``, ``periodic_lengthscale``,
-``noise_std``) so the exact GP posterior can serve as the oracle.
+true kernel (``kernel`` and its ``kernels.HYPERPARAMETERS``, ``noise_std``) so the exact GP
+posterior can serve as the oracle.
 
 Families (names are ``{family}-{id}``):
 - ``gp``: held-out GP draws under the literature's protocol (see ``TaskConfig``).
@@ -114,14 +114,7 @@ def gp_task(name: str, kernel_name: str, section: dict[str, Any], rng: np.random
     order = np.argsort(x[n_ctx:, 0]) + n_ctx  # targets left to right, for plotting
     return Task(
         name, "gp", "", x[:n_ctx], y[:n_ctx], x[order], y[order],
-        attrs={
-            "kernel": kernel.name,
-            "lengthscale": kernel.lengthscale,
-            "variance": kernel.variance,
-            "period": kernel.period,
-            "periodic_lengthscale": kernel.periodic_lengthscale,
-            "noise_std": GP_NOISE_STD,
-        },
+        attrs={"kernel": kernel.name, **kernel.hyperparameters(), "noise_std": GP_NOISE_STD},
     )
 
 
