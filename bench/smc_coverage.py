@@ -26,7 +26,8 @@ from llmflow.config import validate_config
 from llmflow.metrics import sample_metrics
 from llmflow.ndp import TrainedNDP
 from llmflow.poe import ExpertTerm
-from llmflow.predict import SampleConfig, TaskFrame, sample_task
+from llmflow.frame import TaskFrame
+from llmflow.predict import SampleConfig, sample_task
 from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, task_seed
 

@@ -44,7 +44,8 @@ from llmflow.metrics import ensemble_crps
 from llmflow.ndp import TrainedNDP
 from llmflow.binned import BinnedDensity
 from llmflow.poe import ExpertTerm
-from llmflow.predict import SampleConfig, TaskFrame, sample_task
+from llmflow.frame import TaskFrame
+from llmflow.predict import SampleConfig, sample_task
 from llmflow.sampler import SamplerConfig
 from llmflow.tasks import TEXT_TASKS, Task, task_seed
 

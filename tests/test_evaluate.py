@@ -15,8 +15,8 @@ from llmflow.gp import GaussianPosterior, posterior
 from llmflow.gpfit import fit_gp, gp_dataset
 from llmflow.io import write_zarr
 from llmflow.kernels import Kernel
-from llmflow.predict import TaskFrame, samples_dataset
-from llmflow.tasks import Task
+from llmflow.frame import TaskFrame
+from llmflow.tasks import Task, samples_dataset
 
 
 def _rows(values: dict[tuple[str, str, str, str], float]) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from scipy import stats
 from llmflow.gp import posterior, sample_prior
 from llmflow.gpfit import MIN_FIT_POINTS, fit_gp, gp_dataset
 from llmflow.kernels import Kernel
-from llmflow.predict import TaskFrame
+from llmflow.frame import TaskFrame
 from llmflow.tasks import Task
 
 TRUE = Kernel("matern52", lengthscale=0.5, variance=1.0)

@@ -152,7 +152,7 @@ X_RANGE_MARGIN = 0.1
 def _check_tasks_fit_the_model(config: dict[str, Any], names: list[str], fail) -> None:
     """Every task must be one the NDP can take: its x dimension is prior.x_dim, and tasks that
     are not mapped into the prior's frame (GP draws, the GP-oracle benchmark; see
-    llmflow.predict.TaskFrame) keep x within prior.x_range up to X_RANGE_MARGIN of its width."""
+    llmflow.frame.TaskFrame) keep x within prior.x_range up to X_RANGE_MARGIN of its width."""
     x_dim, (lo, hi) = config["prior"]["x_dim"], config["prior"]["x_range"]
     for i, spec in enumerate(config["tasks"]["user"]):
         cols = [spec["x"]] if isinstance(spec["x"], str) else spec["x"]

@@ -1,7 +1,7 @@
 """The fitted-GP baseline (method ``gp``): a GP fitted to each task's context by maximum
 marginal likelihood, the baseline a reviewer asks for first.
 
-The fit runs in the task's :class:`llmflow.predict.TaskFrame` (x's span on the prior's
+The fit runs in the task's :class:`llmflow.frame.TaskFrame` (x's span on the prior's
 ``x_range``, y centred and scaled; GP tasks are already in that frame), so the fixed bounds
 below hold for every task. scikit-learn's ``GaussianProcessRegressor`` (zero prior mean in the
 frame, i.e. the context mean in data units) with the kernel family
@@ -35,8 +35,8 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
 from llmflow.gp import GaussianPosterior
-from llmflow.predict import TaskFrame, samples_dataset
-from llmflow.tasks import Task, task_rng
+from llmflow.frame import TaskFrame
+from llmflow.tasks import Task, samples_dataset, task_rng
 
 AMPLITUDE_BOUNDS = (1e-4, 1e2)
 LENGTHSCALE_BOUNDS = (1e-2, 1e2)

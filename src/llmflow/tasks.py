@@ -94,6 +94,15 @@ def task_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, digest]))
 
 
+def samples_dataset(task: Task, samples: np.ndarray, method: str, **attrs: object) -> xr.Dataset:
+    """A method's samples of ``task`` as its sample store: ``y (sample, target)`` (data units),
+    ``x_target (target, x_dim)``, attrs ``task``, ``method`` and ``attrs``."""
+    return xr.Dataset(
+        {"y": (("sample", "target"), samples), "x_target": (("target", "x_dim"), task.x_target)},
+        attrs={"task": task.name, "method": method, **attrs},
+    )
+
+
 # --- held-out GP draws -------------------------------------------------------------------------
 
 GP_PROTOCOL: dict[str, Kernel] = {

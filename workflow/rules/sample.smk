@@ -37,7 +37,9 @@ rule gp:
         task="|".join(map(re.escape, TASKS)),
     params:
         seed=config["seed"],
-        sample=config["sample"],
+        # only what the fit reads: a change to the LLM-NDP settings leaves the fitted GP as it is
+        n_samples=config["sample"]["n_samples"],
+        y_scale_min=config["sample"]["y_scale_min"],
         x_range=config["prior"]["x_range"],
     conda:
         "../../envs/llmflow.yaml"

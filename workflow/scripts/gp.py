@@ -2,17 +2,16 @@
 
 import xarray as xr
 
+from llmflow.frame import TaskFrame
 from llmflow.gpfit import fit_gp, gp_dataset
 from llmflow.io import write_zarr
 from llmflow.logs import log_errors
-from llmflow.predict import SampleConfig, TaskFrame
 from llmflow.tasks import Task
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
     p = snakemake.params
-    cfg = SampleConfig.from_config(p.sample)
     task = Task.from_dataset(xr.open_zarr(snakemake.input.task))
-    fit = fit_gp(task, TaskFrame.fit(task, tuple(p.x_range), cfg.y_scale_min))
-    write_zarr(gp_dataset(task, fit, cfg.n_samples, p.seed), snakemake.output[0])
+    fit = fit_gp(task, TaskFrame.fit(task, tuple(p.x_range), p.y_scale_min))
+    write_zarr(gp_dataset(task, fit, p.n_samples, p.seed), snakemake.output[0])
     log.info("fitted the GP to %s (%d context points, optimised: %s): %s; %d samples at %d targets", task.name,
-             len(task.y_context), fit.optimised, fit.attrs(), cfg.n_samples, len(task.y_target))
+             len(task.y_context), fit.optimised, fit.attrs(), p.n_samples, len(task.y_target))

@@ -6,9 +6,10 @@ from llmflow.io import write_zarr
 from llmflow.logs import log_errors
 from llmflow.ndp import TrainedNDP
 from llmflow.poe import ExpertTerm
-from llmflow.predict import SampleConfig, TaskFrame, sample_calibrated, sample_task, samples_dataset
+from llmflow.frame import TaskFrame
+from llmflow.predict import SampleConfig, sample_calibrated, sample_task
 from llmflow.sampler import SamplerConfig
-from llmflow.tasks import Task, task_seed
+from llmflow.tasks import Task, samples_dataset, task_seed
 
 with log_errors(snakemake.log[0], snakemake.threads) as log:
     p = snakemake.params
