@@ -14,8 +14,11 @@ binned density (:func:`llmflow.expert.task.leave_one_out`). The score of (λ, w)
 the K held-out points of
 
     log π_{λ,w}(y_k) = log N(y_k; m_k, s_k²) + log q̃_{λ,w}(y_k) − log Z_k,
-    Z_k = ∫ N(y; m_k, s_k²) q̃_{λ,w}(y) dy   (a 1-D quadrature on a grid of ``GRID`` points
-                                            over m_k ± ``SPAN`` s_k),
+    Z_k = ∫ N(y; m_k, s_k²) q̃_{λ,w}(y) dy = ∫ q^λ/Z (u) N(u; m_k, s_k² + w²) du
+        = Σ_b c_b [Φ((b_b − m_k)/σ_k) − Φ((a_b − m_k)/σ_k)],   σ_k² = s_k² + w²,
+
+in closed form over the bins [a_b, b_b) of q^λ/Z (density c_b inside bin b): the two Gaussians
+merge into one, and a Gaussian's mass in a bin is a difference of normal CDFs
 
 (the expert raised to λ, then smoothed: the product the samplers draw exactly, :mod:`llmflow.poe`),
 and the best (λ, w) on the grid of the config's ``sample.calibration`` is used if it beats the
@@ -46,11 +49,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from llmflow.binned import BinnedDensity
+from llmflow.binned import BinnedDensity, log_normal_cdf_diff
 from llmflow.config import Section
-
-GRID = 2001
-SPAN = 8.0
 
 
 @dataclass(frozen=True)
@@ -80,17 +80,17 @@ class ProductFit:
 def log_pool_scores(mean: np.ndarray, std: np.ndarray, y: np.ndarray, expert: BinnedDensity,
                     weight: float, smoothing: float) -> np.ndarray:
     """log π_{λ,w}(y_k) (K,) for Gaussian p_k = N(mean_k, std_k²) (K,) and the expert's K
-    held-out densities (T = 1, M = K); all in data units."""
+    held-out densities (T = 1, M = K); all in data units. Z_k in closed form (module
+    docstring)."""
     gauss = stats.norm.logpdf(y, mean, std)
     if weight == 0.0:
         return gauss
     expert = expert.temper(1.0 / weight)
-    grid = mean[None, :] + std[None, :] * np.linspace(-SPAN, SPAN, GRID)[:, None]  # (G, K)
-    rows = torch.zeros(GRID, dtype=torch.long)  # every grid row belongs to the one task
-    log_q_grid = expert.log_density(torch.as_tensor(grid), rows, smoothing).numpy()
-    log_q_y = expert.log_density(torch.as_tensor(y[None]), rows[:1], smoothing).numpy()[0]
-    integrand = stats.norm.logpdf(grid, mean, std) + log_q_grid
-    log_z = np.logaddexp.reduce(integrand, axis=0) + np.log(grid[1] - grid[0])
+    log_q_y = expert.log_density(torch.as_tensor(y[None]), torch.zeros(1, dtype=torch.long), smoothing).numpy()[0]
+    m = torch.as_tensor(mean)[:, None]
+    sigma = torch.as_tensor(np.sqrt(std**2 + smoothing**2))[:, None]
+    lo, hi = expert.lower[0], expert.upper[0]  # (K, B); padding bins have no mass (log_coef −inf)
+    log_z = torch.logsumexp(expert.log_coef[0] + log_normal_cdf_diff((lo - m) / sigma, (hi - m) / sigma), dim=-1).numpy()
     return gauss + log_q_y - log_z
 
 
