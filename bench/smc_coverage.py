@@ -23,10 +23,10 @@ import xarray as xr
 import yaml
 
 from llmflow.config import validate_config
+from llmflow.frame import TaskFrame
 from llmflow.metrics import sample_metrics
 from llmflow.ndp import TrainedNDP
 from llmflow.poe import ExpertTerm
-from llmflow.frame import TaskFrame
 from llmflow.predict import SampleConfig, sample_task
 from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, task_seed

@@ -39,12 +39,12 @@ import yaml
 
 from llmflow import expert, llm
 from llmflow.config import validate_config
+from llmflow.frame import TaskFrame
 from llmflow.io import write_zarr
 from llmflow.metrics import ensemble_crps
 from llmflow.ndp import TrainedNDP
 from llmflow.binned import BinnedDensity
 from llmflow.poe import ExpertTerm
-from llmflow.frame import TaskFrame
 from llmflow.predict import SampleConfig, sample_task
 from llmflow.sampler import SamplerConfig
 from llmflow.tasks import TEXT_TASKS, Task, task_seed

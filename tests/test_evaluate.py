@@ -11,11 +11,11 @@ from scipy import stats
 
 from llmflow.binned import BinnedDensity
 from llmflow.evaluate import SUMMARY_COLUMNS, gp_oracle, predictions, read_samples, summarise, summary_markdown, task_rows
+from llmflow.frame import TaskFrame
 from llmflow.gp import GaussianPosterior, posterior
 from llmflow.gpfit import fit_gp, gp_dataset
 from llmflow.io import write_zarr
 from llmflow.kernels import Kernel
-from llmflow.frame import TaskFrame
 from llmflow.tasks import Task, samples_dataset
 
 

@@ -1,12 +1,15 @@
 """The fitted-GP baseline against the exact posterior with the true hyper-parameters."""
 
+import subprocess
+import sys
+
 import numpy as np
 from scipy import stats
 
+from llmflow.frame import TaskFrame
 from llmflow.gp import posterior, sample_prior
 from llmflow.gpfit import MIN_FIT_POINTS, fit_gp, gp_dataset
 from llmflow.kernels import Kernel
-from llmflow.frame import TaskFrame
 from llmflow.tasks import Task
 
 TRUE = Kernel("matern52", lengthscale=0.5, variance=1.0)
@@ -79,3 +82,11 @@ def test_tiny_contexts_keep_the_initial_kernel():
     # leaves of the unit amplitude, in a frame of y scale y_scale_min = 1
     np.testing.assert_allclose(fit.predictive.mean, [7.0])
     np.testing.assert_allclose(fit.predictive.cov, [[1.0 + 0.01 - 1.0 / 1.01]], rtol=1e-6)
+
+
+def test_the_gp_job_imports_no_torch():
+    # one `gp` job per task: torch's import would be most of its run time (docs/run-time.md)
+    code = ("import sys, llmflow.frame, llmflow.gpfit, llmflow.io, llmflow.logs, llmflow.tasks; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

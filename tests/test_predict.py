@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from llmflow.expert import build_prompt, prompt_style
-from llmflow.ndp import TrainedNDP, YNormalisation
 from llmflow.frame import SANE_SCALES, TaskFrame, check_samples
+from llmflow.ndp import TrainedNDP, YNormalisation
 from llmflow.predict import sample_task
 from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, user_task

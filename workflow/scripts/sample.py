@@ -2,11 +2,11 @@
 
 import xarray as xr
 
+from llmflow.frame import TaskFrame
 from llmflow.io import write_zarr
 from llmflow.logs import log_errors
 from llmflow.ndp import TrainedNDP
 from llmflow.poe import ExpertTerm
-from llmflow.frame import TaskFrame
 from llmflow.predict import SampleConfig, sample_calibrated, sample_task
 from llmflow.sampler import SamplerConfig
 from llmflow.tasks import Task, samples_dataset, task_seed
