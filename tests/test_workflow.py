@@ -260,3 +260,13 @@ def test_nested_command_line_overrides_are_typed(workflow_copy: Path):
     result = snakemake(workflow_copy, "-n", "--configfile", "tests/config.yaml", "--config", 'sample={"n_samples": "eight"}')
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "config error: sample.n_samples: 'eight' is not of type 'integer'"
+
+
+def test_a_new_calibration_grid_reruns_the_sample_jobs_not_the_fitted_gps(tiny_run: Path):
+    # a rule's params hold only what its job reads: the fitted GP reads n_samples and y_scale_min
+    # of the sample section, not the calibrated product's grid
+    result = snakemake(tiny_run, "-n", "--configfile", "tests/config.yaml",
+                       "--config", 'sample={"calibration": {"weights": [0.0, 1.0]}}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    rules = {job["rule"] for job in _dry_run_jobs(result.stdout)}
+    assert "sample" in rules and "gp" not in rules, rules
