@@ -6,9 +6,9 @@ prior's ``x_range``, y centred on the context mean and divided by
 ``max(std(context y), y_scale_min)``. Held-out GP tasks already live in the prior's frame and
 are left as they are. The fitted-GP baseline fits in the same frame (:mod:`llmflow.gpfit`).
 
-Every method's draws are checked in data units before they reach a sample store
-(:func:`check_samples`): a non-finite value, or one ``SANE_SCALES`` data scales beyond the
-context's range, stops the job.
+The NDP-based methods' draws (NDP, LLM-NDP, LLM-NDP-cal) are checked in data units before they
+reach a sample store (:func:`check_samples`, called by :func:`llmflow.predict.sample_task`): a
+non-finite value, or one ``SANE_SCALES`` data scales beyond the context's range, stops the job.
 """
 
 from __future__ import annotations
