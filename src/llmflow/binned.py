@@ -345,14 +345,17 @@ class BinnedDensity:
                 out[rows] = fn(self.lower[k], self.upper[k], coef_all[k], y[rows].to(out.dtype).unsqueeze(-1))
         return out
 
-    def log_density(self, y: Tensor, task: Tensor, r: float = 0.0) -> Tensor:
-        """``log q̃_r(y)`` at targets; y (N, M) rows belonging to ``task`` (N,). r = 0: the bins."""
+    def log_density(self, y: Tensor, task: Tensor, r: float | Tensor = 0.0) -> Tensor:
+        """``log q̃_r(y)`` at targets; y (N, M) rows belonging to ``task`` (N,). r: one width, or
+        one per target (M,) > 0 (``q̃_r(y)`` is then the mass of N(y, r²) under the bins: the
+        Gaussian-pool normaliser of :mod:`llmflow.calibrate`). r = 0: the bins."""
+        width = r[:, None] if isinstance(r, Tensor) else r  # (M, 1) against (c, M, 1) rows
 
         def one(lo: Tensor, hi: Tensor, coef: Tensor, yy: Tensor) -> Tensor:
-            if r == 0.0:
+            if not isinstance(r, Tensor) and r == 0.0:
                 inside = (yy >= lo) & (yy < hi)
                 return torch.logsumexp(torch.where(inside, coef, torch.full_like(coef, -math.inf)), dim=-1)
-            return torch.logsumexp(coef + log_normal_cdf_diff((lo - yy) / r, (hi - yy) / r), dim=-1)
+            return torch.logsumexp(coef + log_normal_cdf_diff((lo - yy) / width, (hi - yy) / width), dim=-1)
 
         return self._by_task(y, task, one)
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from llmflow.binned import BinnedDensity, log_normal_cdf_diff
+from llmflow.binned import BinnedDensity
 from llmflow.config import Section
 
 
@@ -86,11 +86,10 @@ def log_pool_scores(mean: np.ndarray, std: np.ndarray, y: np.ndarray, expert: Bi
     if weight == 0.0:
         return gauss
     expert = expert.temper(1.0 / weight)
-    log_q_y = expert.log_density(torch.as_tensor(y[None]), torch.zeros(1, dtype=torch.long), smoothing).numpy()[0]
-    m = torch.as_tensor(mean)[:, None]
-    sigma = torch.as_tensor(np.sqrt(std**2 + smoothing**2))[:, None]
-    lo, hi = expert.lower[0], expert.upper[0]  # (K, B); padding bins have no mass (log_coef −inf)
-    log_z = torch.logsumexp(expert.log_coef[0] + log_normal_cdf_diff((lo - m) / sigma, (hi - m) / sigma), dim=-1).numpy()
+    row = torch.zeros(1, dtype=torch.long)
+    log_q_y = expert.log_density(torch.as_tensor(y[None]), row, smoothing).numpy()[0]
+    # Z_k: the mass of N(m_k, s_k² + w²) under the bins, i.e. the bins smoothed by that width at m_k
+    log_z = expert.log_density(torch.as_tensor(mean[None]), row, torch.as_tensor(np.sqrt(std**2 + smoothing**2))).numpy()[0]
     return gauss + log_q_y - log_z
 
 
