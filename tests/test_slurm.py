@@ -32,16 +32,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start(state: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" and not k.startswith("SLURM")}
+    env.update(SLURMCTLD_PORT=str(_free_port()), SLURMD_PORT=str(_free_port()))
+    return subprocess.run([CLUSTER, "start", state], env=env, capture_output=True, text=True)
+
+
+def test_a_link_left_by_a_killed_cluster_does_not_block_the_next(tmp_path: Path):
+    """A run killed before `stop` leaves /etc/slurm/slurm.conf linked to its dead cluster; the next
+    start replaces that link, but never a live test cluster's link or a config it did not write.
+    (Runs before the module's cluster starts: tests run in file order.)"""
+    conf = Path("/etc/slurm/slurm.conf")
+    if conf.exists() or conf.is_symlink():
+        # Only a link to a dead test cluster may be touched; anything else belongs to this machine.
+        target = Path(os.readlink(conf)) if conf.is_symlink() else None
+        if target is None or (target.exists() and "ClusterName=llmflowtest" not in target.read_text()):
+            pytest.skip("this machine has a SLURM config of its own")
+    subprocess.run([CLUSTER, "install"], check=True)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "slurm.conf").write_text("ClusterName=llmflowtest\n")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (killed / "slurmctld.pid").write_text(f"{gone.pid}\n")
+    conf.parent.mkdir(exist_ok=True)
+    conf.unlink(missing_ok=True)
+    conf.symlink_to(killed / "slurm.conf")
+
+    fresh = tmp_path / "fresh"
+    try:
+        started = _start(fresh)
+        assert started.returncode == 0, started.stderr
+        assert os.readlink(conf) == str(fresh / "slurm.conf")
+        # While it runs, a second cluster may not take the link over.
+        second = _start(tmp_path / "second")
+        assert second.returncode == 1 and "still running" in second.stderr, second.stderr
+        assert os.readlink(conf) == str(fresh / "slurm.conf")
+    finally:
+        subprocess.run([CLUSTER, "stop", fresh], check=True)
+        if conf.is_symlink() and os.readlink(conf) == str(killed / "slurm.conf"):
+            conf.unlink()  # the old script refused; leave no dead link behind
+    assert not conf.is_symlink()
+
+    # A config this script did not write is never replaced.
+    conf.write_text("ClusterName=site\n")
+    try:
+        refused = _start(tmp_path / "third")
+        assert refused.returncode == 1 and "not ours" in refused.stderr, refused.stderr
+        assert conf.read_text() == "ClusterName=site\n"
+    finally:
+        conf.unlink()
+
+
 @pytest.fixture(scope="module")
 def slurm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment of a client of a fresh cluster (SLURM_CONF set); the daemons end afterwards."""
     subprocess.run([CLUSTER, "install"], check=True)
     state = tmp_path_factory.mktemp("slurm")
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" and not k.startswith("SLURM")}
-    env.update(SLURMCTLD_PORT=str(_free_port()), SLURMD_PORT=str(_free_port()))
-    started = subprocess.run([CLUSTER, "start", state], env=env, capture_output=True, text=True)
+    started = _start(state)
     try:
         assert started.returncode == 0, started.stderr
+        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES" and not k.startswith("SLURM")}
         env["SLURM_CONF"] = str(state / "slurm.conf")
         yield env
     finally:

@@ -10,8 +10,8 @@
 # refused), so SLURM allocates them and sets CUDA_VISIBLE_DEVICES per job. Clients use
 # SLURM_CONF=DIR/slurm.conf (start prints it); the `srun` that Snakemake's job step runs inside
 # each job is started without any SLURM_* variable, so it reads the default
-# /etc/slurm/slurm.conf: start links that to DIR/slurm.conf (refusing to replace a file it did
-# not make) and stop removes the link. Ports: SLURMCTLD_PORT / SLURMD_PORT (defaults
+# /etc/slurm/slurm.conf: start links that to DIR/slurm.conf (replacing only a link left by a
+# test cluster that is no longer running) and stop removes the link. Ports: SLURMCTLD_PORT / SLURMD_PORT (defaults
 # 16817 / 16818). The node claims 16 CPUs and 64 GB (SlurmdParameters=config_overrides), so the
 # slurm-gpu profile's requests fit on a small machine; jobs share its real cores.
 set -euo pipefail
@@ -35,6 +35,17 @@ wait_pid() {
     done
     echo "cluster.sh: no live process in $1" >&2
     return 1
+}
+
+# True when $1 (the target of /etc/slurm/slurm.conf) is a test cluster's config whose slurmctld is
+# gone: a run killed before `stop` leaves its link behind, and it must not block the next run.
+# Anything else (a live test cluster, a config this script did not write) is kept.
+left_by_dead_cluster() {
+    [ -e "$1" ] || return 0
+    grep -qx 'ClusterName=llmflowtest' "$1" || return 1
+    local pidfile
+    pidfile=$(dirname "$1")/slurmctld.pid
+    ! { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 }
 
 start() {
@@ -89,15 +100,19 @@ EOF
 NodeName=$host Name=gpu File=$dir/dev/gpu[0-1]
 EOF
     export SLURM_CONF=$dir/slurm.conf
-    if [ -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
-        if [ "$(readlink /etc/slurm/slurm.conf)" != "$dir/slurm.conf" ]; then
-            echo "cluster.sh: /etc/slurm/slurm.conf exists and is not ours; another cluster is configured here" >&2
+    local link
+    if [ -L /etc/slurm/slurm.conf ]; then
+        link=$(readlink /etc/slurm/slurm.conf)
+        if [ "$link" != "$dir/slurm.conf" ] && ! left_by_dead_cluster "$link"; then
+            echo "cluster.sh: /etc/slurm/slurm.conf links to $link, a test cluster that is still running" >&2
             return 1
         fi
-    else
-        mkdir -p /etc/slurm
-        ln -s "$dir/slurm.conf" /etc/slurm/slurm.conf
+    elif [ -e /etc/slurm/slurm.conf ]; then
+        echo "cluster.sh: /etc/slurm/slurm.conf exists and is not ours; another cluster is configured here" >&2
+        return 1
     fi
+    mkdir -p /etc/slurm
+    ln -sfn "$dir/slurm.conf" /etc/slurm/slurm.conf
 
     munged --force --socket="$dir/munge.socket" --key-file="$dir/munge.key" \
         --pid-file="$dir/munged.pid" --log-file="$dir/munged.log" --seed-file="$dir/munged.seed"
