@@ -1,6 +1,9 @@
 """GP-oracle benchmark computations: estimator, exact rows, Bayes mixture, the table."""
 
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -11,7 +14,8 @@ from llmflow.likelihood import LikelihoodConfig
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 from llmflow.oracle import (
     BENCH_KERNELS, COLUMNS, OracleConfig, bayes_mixture_scores, format_table, gaussian_fit_loglik, gp_optimum_scores,
-    gp_posterior_samples, hyper_grid, make_gp_tasks, prior_config_of, prior_tasks, run_gp_oracle, sample_scores,
+    gp_posterior_samples, hyper_grid, make_gp_tasks, oracle_kernels, prior_config_of, prior_tasks, read_tables, run_gp_oracle,
+    sample_scores, write_table,
 )
 from llmflow.prior import PriorConfig, make_shard, prior_config_json
 from llmflow.sampler import SamplerConfig
@@ -99,7 +103,7 @@ def test_sample_estimators_on_exact_posterior_samples():
     assert exact.loglik.mean() - est.loglik.mean() > 0.1  # the Gaussian fit of 128 draws of 50 targets
 
 
-def test_run_gp_oracle_writes_the_paired_table(shard):
+def test_run_gp_oracle_writes_the_paired_table(shard, tmp_path):
     torch.manual_seed(0)
     model = TrainedNDP(NDP(NDPConfig(dim=16, depth=1, heads=2)).eval(), YNormalisation(0.0, 1.0))
     cfg = OracleConfig(n_tasks=3, n_samples=8, n_mixture_tasks=3, n_tgt=6, likelihood=LikelihoodConfig(steps=2),
@@ -122,3 +126,23 @@ def test_run_gp_oracle_writes_the_paired_table(shard):
     np.testing.assert_allclose(exact.gap, opt.loglik - exact.loglik, atol=1e-9)  # paired: same tasks
     text = format_table(table)
     assert len(text.splitlines()) == 1 + len(table) and "gap to optimum" in text.splitlines()[0]
+
+    # One job per kernel (the workflow's): each kernel's rows are the same when run alone, and
+    # the per-kernel CSVs read back in oracle_kernels order are the whole table, as written.
+    assert oracle_kernels(cfg) == ["se", "matern52", "weakly_periodic", "mixture"]
+    paths = []
+    for kernel in reversed(oracle_kernels(cfg)):  # order of the runs does not matter
+        alone = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [shard] if kernel == "mixture" else [], seed=0,
+                              kernels=[kernel], progress=False)
+        pd.testing.assert_frame_equal(alone.reset_index(drop=True), table[table.kernel == kernel].reset_index(drop=True))
+        paths.insert(0, str(tmp_path / f"{kernel}.csv"))
+        write_table(alone, paths[0])
+    write_table(table, str(tmp_path / "whole.csv"))
+    write_table(read_tables(paths), str(tmp_path / "joined.csv"))
+    assert (tmp_path / "joined.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    with pytest.raises(ValueError, match="already read"):
+        read_tables([paths[0], paths[0]])
+    with pytest.raises(ValueError, match="needs held-out prior shards"):
+        run_gp_oracle(model, cfg, SamplerConfig(steps=3), [], kernels=["mixture"], progress=False)
+    with pytest.raises(ValueError, match="unknown GP-oracle kernel"):
+        run_gp_oracle(model, replace(cfg, n_mixture_tasks=0), SamplerConfig(steps=3), [shard], kernels=["mixture"], progress=False)

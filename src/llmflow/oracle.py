@@ -329,12 +329,19 @@ class OracleConfig(Section):
                 **(self.bayes_grid or {})}
 
 
+def oracle_kernels(cfg: OracleConfig) -> list[str]:
+    """The benchmark's kernels in table order: the fixed ones, then ``mixture`` unless
+    ``cfg.n_mixture_tasks`` is 0."""
+    return [*BENCH_KERNELS, *(["mixture"] if cfg.n_mixture_tasks else [])]
+
+
 def run_gp_oracle(
     model: TrainedNDP,
     cfg: OracleConfig,
     sampler: SamplerConfig,
     mixture_shards: Sequence[str] = (),
     seed: int = 0,
+    kernels: Sequence[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
@@ -342,22 +349,32 @@ def run_gp_oracle(
 
     Kernels ``se, matern52, weakly_periodic`` and ``mixture`` (held-out prior draws from
     ``mixture_shards``, with each function's true kernel as ``gp_optimum`` and the extra row
-    ``bayes_mixture``); methods ``gp_optimum, ndp_exact, ndp, gp_samples_gaussfit``, all on the
-    same tasks. Every kernel draws its tasks from its own seeded stream, so kernels do not
-    depend on each other. ``log`` receives the wall time of each stage.
+    ``bayes_mixture``; skipped without shards); methods ``gp_optimum, ndp_exact, ndp,
+    gp_samples_gaussfit``, all on the same tasks. ``kernels`` (default: all) selects some of
+    them: every kernel draws its tasks and samples from its own seeded stream, so the rows of a
+    kernel are the same whichever others run, and per-kernel tables concatenated in
+    :func:`oracle_kernels` order are the whole table. ``log`` receives the wall time of each
+    kernel. Raises ValueError for an unknown kernel, or ``mixture`` without shards or tasks.
     """
+    order = oracle_kernels(cfg)
+    if kernels is None:
+        kernels = [k for k in order if k != "mixture" or mixture_shards]
+    unknown = [k for k in kernels if k not in order]
+    if unknown:
+        raise ValueError(f"unknown GP-oracle kernel(s) {unknown}; known with this config: {order}")
+    if "mixture" in kernels and not mixture_shards:
+        raise ValueError("the mixture kernel needs held-out prior shards (mixture_shards)")
     lik = replace(cfg.likelihood, t0=sampler.t0)
-    families: list[tuple[str, GPTasks]] = []
     kw = dict(x_range=cfg.x_range, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt, noise_std=cfg.noise_std)
-    for i, (name, kernel) in enumerate(BENCH_KERNELS.items()):
-        families.append((name, make_gp_tasks(kernel, cfg.n_tasks, np.random.default_rng([seed, i]), **kw)))
-    if cfg.n_mixture_tasks and mixture_shards:
-        rng = np.random.default_rng([seed, len(BENCH_KERNELS)])
-        families.append(("mixture", prior_tasks(mixture_shards, cfg.n_mixture_tasks, rng, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt)))
-
     rows = []
-    for i, (name, tasks) in enumerate(families):
+    for i, name in enumerate(order):
+        if name not in kernels:
+            continue
         clock = time.perf_counter()
+        if name == "mixture":
+            tasks = prior_tasks(mixture_shards, cfg.n_mixture_tasks, np.random.default_rng([seed, i]), n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt)
+        else:
+            tasks = make_gp_tasks(BENCH_KERNELS[name], cfg.n_tasks, np.random.default_rng([seed, i]), **kw)
         optimum = gp_optimum_scores(tasks)
         exact = ndp_exact_scores(model, tasks, lik, lik.marginals, sampler.conditioning)
         t_exact = time.perf_counter() - clock
@@ -380,6 +397,21 @@ def run_gp_oracle(
             log(f"{name}: {len(tasks)} tasks, ndp_exact {t_exact:.1f} s ({lik.divergence}, {lik.steps} RK4 steps, "
                 f"marginals={lik.marginals}), ndp sampling {t_sample:.1f} s, total {time.perf_counter() - clock:.1f} s")
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def read_tables(csv_paths: Sequence[str]) -> pd.DataFrame:
+    """Per-kernel tables (CSVs of :func:`write_table`) as one, in the given order. Raises
+    ValueError naming a file whose columns are not :data:`COLUMNS` or that repeats a kernel."""
+    tables, seen = [], set()
+    for path in csv_paths:
+        table = pd.read_csv(path)
+        if list(table.columns) != COLUMNS:
+            raise ValueError(f"{path}: columns {list(table.columns)}, expected {COLUMNS}")
+        if seen & set(table.kernel):
+            raise ValueError(f"{path}: kernel(s) {sorted(seen & set(table.kernel))} already read from another table")
+        seen |= set(table.kernel)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -5,6 +5,7 @@ import re
 
 from llmflow.evaluate import METHODS, SAMPLE_METHODS, allmp_tasks
 from llmflow.llm import EMBEDDED, model_label
+from llmflow.oracle import OracleConfig, oracle_kernels
 from llmflow.prior import SPLITS
 from llmflow.tasks import task_config, task_names
 
@@ -30,7 +31,9 @@ TASK_STORES = [TASK_STORE.format(task=t) for t in TASKS]
 NDP_MODEL = "results/ndp/model.pt"
 NDP_CHECKPOINTS = "results/ndp/checkpoints"
 TRAIN_CURVE = {"csv": "results/ndp/train_curve.csv", "png": "results/ndp/train_curve.png"}
-GP_ORACLE = {"csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_oracle.txt"}
+# The GP-oracle benchmark: one CSV per kernel (rule gp_oracle), joined into the table.
+GP_ORACLE = {"kernel": "results/bench/gp_oracle/{kernel}.csv", "csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_oracle.txt"}
+ORACLE_KERNELS = oracle_kernels(OracleConfig.from_config(config["bench"]["gp_oracle"]))
 # An embedded LLM is materialised into LLM_MODELS; any other llm.model is a local folder.
 LLM_MODELS = "results/models/{model}"
 LLM_FOLDER = LLM_MODELS.format(model=config["llm"]["model"]) if config["llm"]["model"] in EMBEDDED else config["llm"]["model"]
