@@ -10,7 +10,7 @@ import yaml
 from llmflow.config import ConfigError, validate_config
 from llmflow.gp import posterior
 from llmflow.kernels import Kernel
-from llmflow.tasks import Task, TaskInputError, build_task, task_config, task_names, user_task
+from llmflow.tasks import TEXT_TASKS, Task, TaskInputError, build_task, task_config, task_names, user_task
 
 with open("tests/config.yaml") as fh:
     TINY = yaml.safe_load(fh)
@@ -79,6 +79,16 @@ def test_text_task_constraint_is_checkable(config):
     good = np.where(after, 0.1, 5.0)[None, :]
     bad = np.where(after, 0.5, 0.0)[None, :]
     assert task.satisfies(np.concatenate([good, bad])).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("name", [n for n, make in TEXT_TASKS.items() if np.isfinite(make().y_target).all()])
+def test_text_task_with_a_truth_states_what_the_context_does_not_show(name):
+    task = TEXT_TASKS[name]()
+    assert task.satisfies(task.y_target[None, :]).tolist() == [True]
+    # The naive forecast, the line through the last two context points, breaks the text.
+    (x0, x1), (y0, y1) = task.x_context[-2:, 0], task.y_context[-2:]
+    line = y1 + (y1 - y0) / (x1 - x0) * (task.x_target[:, 0] - x1)
+    assert task.satisfies(line[None, :]).tolist() == [False]
 
 
 def test_user_task_from_csv(config):

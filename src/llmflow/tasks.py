@@ -166,11 +166,13 @@ def _text_tasks() -> dict[str, Callable[[], Task]]:
             lo, -lo,
         )
 
+    # The tasks with a known truth have 9-10 targets each: more tasks at the LLM expert's cost
+    # per target, so the family's mean has a standard error.
     def positive() -> Task:
         x = np.linspace(0.0, 10.0, 21)[:, None]
         y = 0.8 + 0.7 * np.sin(0.9 * x[:, 0])  # positive everywhere, dips close to 0
         ctx = np.array([0, 3, 7])
-        tgt = np.setdiff1d(np.arange(len(x)), ctx)
+        tgt = np.setdiff1d(np.arange(len(x)), ctx)[::2]  # keeps the dip at x = 5.5 (y = 0.12)
         return Task(
             "", "text", "y is always positive.",
             x[ctx], y[ctx], x[tgt], y[tgt], np.zeros(len(tgt)), np.full(len(tgt), np.inf),
@@ -180,7 +182,7 @@ def _text_tasks() -> dict[str, Callable[[], Task]]:
         x = np.linspace(0.0, 20.0, 41)[:, None]
         y = 2.0 * np.sin(2.0 * np.pi * x[:, 0] / 10.0)
         ctx = np.arange(0, 20, 2)  # the first period only
-        tgt = np.arange(21, 41)  # the second period
+        tgt = np.arange(21, 41, 2)  # the second period
         return Task(
             "", "text", "y is periodic in x with period 10.",
             x[ctx], y[ctx], x[tgt], y[tgt], y[tgt] - 0.5, y[tgt] + 0.5,
@@ -196,7 +198,30 @@ def _text_tasks() -> dict[str, Callable[[], Task]]:
             np.full(len(x_t), np.nan), lo, hi,
         )
 
-    return {t.__name__: t for t in (zero_after_30, positive, period, far_value)}
+    def ceiling() -> Task:
+        # A saturating rise: the context climbs steeply, so a trend extrapolated from it
+        # crosses the ceiling that only the text states.
+        x = np.arange(0.0, 12.5, 0.5)[:, None]
+        y = 3.0 * (1.0 - np.exp(-x[:, 0] / 3.0))
+        ctx = np.arange(0, 7)  # x = 0 .. 3
+        tgt = np.arange(8, 25, 2)  # x = 4 .. 12
+        return Task(
+            "", "text", "y never exceeds 3.",
+            x[ctx], y[ctx], x[tgt], y[tgt], np.full(len(tgt), -np.inf), np.full(len(tgt), 3.0),
+        )
+
+    def level() -> Task:
+        # A shift the context cannot show: the oscillation around 1 moves to around 5 after x = 10.
+        x = np.arange(0.0, 20.0, 1.0)[:, None]
+        y = 1.0 + 0.5 * np.sin(x[:, 0]) + 4.0 * (x[:, 0] > 10)
+        ctx = np.arange(0, 9)  # x = 0 .. 8
+        tgt = np.arange(11, 20)  # x = 11 .. 19
+        return Task(
+            "", "text", "For x above 10, y is between 4 and 6.",
+            x[ctx], y[ctx], x[tgt], y[tgt], np.full(len(tgt), 4.0), np.full(len(tgt), 6.0),
+        )
+
+    return {t.__name__: t for t in (zero_after_30, positive, period, far_value, ceiling, level)}
 
 
 TEXT_TASKS = _text_tasks()
