@@ -17,7 +17,7 @@ The same seeds are used for NDP and LLM-NDP, so their difference is the expert's
 Variants override the schema's defaults; the variant ``config.yaml`` is the config's own
 ``llm``, ``expert`` and ``sample`` sections. Expert results are cached under ``--cache`` keyed by
 (task, model, settings). The default run compares the naive prompt with the config's setting on
-the four text tasks (a few minutes on 2 cores); ``--variants all`` runs every row of docs/text-conditioning.md. The last line is machine-readable:
+the built-in text tasks (a few minutes on 2 cores); ``--variants all`` runs every row of docs/text-conditioning.md. The last line is machine-readable:
 ``best=<variant> fig2=<LLM-NDP rate on text-zero_after_30> ndp=<NDP rate> llmp=<I-LLMP rate>``.
 
     python bench/text_conditioning.py [--variants all] [--n-samples 64] [--threads 2]
