@@ -7,7 +7,7 @@ For every model and kernel (``se, matern52, weakly_periodic``, the GP-oracle pro
 same tasks are scored by: ``gp_optimum`` (the exact posterior), ``gp_samples_gaussfit`` (exact
 posterior samples through the sample estimators: a perfect sampler's score), ``exact:<c>`` (the
 model's exact conditional by the ODE, direct for ``tokens`` and a ratio of joints for
-``guidance``) and each sampler candidate (conditioning, Jacobian, solver, steps). Columns as
+``guidance``) and each sampler candidate (conditioning, Jacobian, solver, steps; the ODE or the SDE). Columns as
 ``results/bench/gp_oracle.csv`` plus ``seconds_per_task`` (sampling 128 draws, one thread).
 The acceptance figures of the NDP-conditioning work: a candidate's ``gap`` minus
 ``gp_samples_gaussfit``'s, and its ``nll`` minus its ``exact`` row's.
@@ -25,9 +25,10 @@ import torch
 
 from llmflow.likelihood import LikelihoodConfig
 from llmflow.ndp import TrainedNDP
-from llmflow.oracle import (BENCH_KERNELS, gp_optimum_scores, gp_posterior_samples, make_gp_tasks, ndp_exact_scores,
+from llmflow.oracle import (BENCH_KERNELS, GPTasks, gp_optimum_scores, gp_posterior_samples, make_gp_tasks, ndp_exact_scores,
                             sample_scores, summarise)
-from llmflow.sampler import SamplerConfig, sample
+from llmflow.sampler import SamplerConfig, SMCConfig, sample
+from llmflow.smc import sample_smc
 
 CANDIDATES: dict[str, SamplerConfig] = {
     "guidance-free-euler25": SamplerConfig(conditioning="guidance", jacobian="free", solver="euler", steps=25),
@@ -44,7 +45,27 @@ CANDIDATES: dict[str, SamplerConfig] = {
     "tokens-euler100": SamplerConfig(conditioning="tokens", solver="euler", steps=100),
     "tokens-heun25-sine": SamplerConfig(conditioning="tokens", solver="heun", steps=25, spacing="sine"),
     "tokens-euler50-sine": SamplerConfig(conditioning="tokens", solver="euler", steps=50, spacing="sine"),
+    # Euler–Maruyama of the SDE with the flow's marginals (sample_smc without an expert: equal
+    # weights), churn η: noise injected along the way instead of the ODE's deterministic path.
+    "tokens-sde25": SamplerConfig(conditioning="tokens", steps=25, method="smc"),
+    "tokens-sde50": SamplerConfig(conditioning="tokens", steps=50, method="smc"),
+    "tokens-sde50-churn2": SamplerConfig(conditioning="tokens", steps=50, method="smc", smc=SMCConfig(churn=2.0)),
 }
+
+
+def draw(model: TrainedNDP, tasks: GPTasks, cfg: SamplerConfig, n_samples: int, seed: int) -> np.ndarray:
+    """``n_samples`` draws (T, S, m_max) of every task's targets by the candidate ``cfg``."""
+    kw = {**cfg.path_kwargs(), "noise_std": tasks.noise_std}
+    if cfg.method == "ode":
+        return sample(model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, n_samples, ctx_mask=tasks.ctx_mask,
+                      tgt_mask=tasks.tgt_mask, solver=cfg.solver, **kw, generator=torch.Generator().manual_seed(seed)).y_tgt
+    out = np.zeros((len(tasks), n_samples, tasks.tgt_mask.shape[1]))
+    for i in range(len(tasks)):  # sample_smc takes unpadded tasks
+        xc, yc, xt, _ = tasks.task(i)
+        kw["noise_std"] = tasks.noise_std[i]
+        out[i][:, tasks.tgt_mask[i]] = sample_smc(model, xc[None], yc[None], xt[None], n_samples, churn=cfg.smc.churn, **kw,
+                                                  generator=torch.Generator().manual_seed(seed * 1000 + i)).y_tgt[0]
+    return out
 
 
 def main() -> None:
@@ -84,11 +105,9 @@ def main() -> None:
                 if cfg.conditioning not in kinds:
                     continue
                 clock = time.perf_counter()
-                draws = sample(model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, args.n_samples, ctx_mask=tasks.ctx_mask,
-                               tgt_mask=tasks.tgt_mask, solver=cfg.solver, **{**cfg.path_kwargs(), "noise_std": tasks.noise_std},
-                               generator=torch.Generator().manual_seed(args.seed * 1000 + k))
+                draws = draw(model, tasks, cfg, args.n_samples, args.seed * 1000 + k)
                 seconds = (time.perf_counter() - clock) / len(tasks)
-                found.append({**summarise(kernel_name, name, sample_scores(tasks, draws.y_tgt), optimum, args.n_samples),
+                found.append({**summarise(kernel_name, name, sample_scores(tasks, draws), optimum, args.n_samples),
                               "seconds_per_task": seconds})
             for row in found:
                 rows.append({"model": label, **row})
