@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--config", default="config.yaml", help="workflow config (YAML)")
     parser.add_argument("--model", default="results/ndp/model.pt", help="trained NDP (model.pt)")
     parser.add_argument("--mixture", nargs="*", default=[], help="held-out prior shards for the mixture row")
-    parser.add_argument("--kernels", nargs="*", default=None, help="kernels to run (default: all; the workflow runs one per job)")
+    parser.add_argument("--kernels", nargs="+", default=None,
+                        help="kernels to run (default: all; the workflow runs one per job); name --out to keep the whole table")
     parser.add_argument("--out", default="results/bench/gp_oracle.csv", help="output CSV")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch intra-op), as the workflow rule")

@@ -1,6 +1,6 @@
 """Benchmark: the product-of-experts settings on every task of a finished run, not only the text.
 
-``bench/text_conditioning.py`` picks the prompt and (λ, T) on the four text tasks; this one asks
+``bench/text_conditioning.py`` picks the prompt and (λ, T) on the built-in text tasks; this one asks
 what those settings cost on the rest. For each setting (λ = ``expert_weight``, T =
 ``expert_temperature``, s = ``expert_fade``) it draws LLM-NDP on every task of the run from the
 run's own expert stores (``results/expert/<model>/shard-<k>/<task>.zarr``) and trained NDP, with the run's

@@ -14,7 +14,7 @@ from llmflow.likelihood import LikelihoodConfig
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 from llmflow.oracle import (
     BENCH_KERNELS, COLUMNS, OracleConfig, bayes_mixture_scores, format_table, gaussian_fit_loglik, gp_optimum_scores,
-    gp_posterior_samples, hyper_grid, make_gp_tasks, oracle_kernels, prior_config_of, prior_tasks, read_tables, run_gp_oracle,
+    gp_posterior_samples, hyper_grid, kernel_settings, make_gp_tasks, oracle_kernels, prior_config_of, prior_tasks, read_tables, run_gp_oracle,
     sample_scores, write_table,
 )
 from llmflow.prior import PriorConfig, make_shard, prior_config_json
@@ -142,7 +142,29 @@ def test_run_gp_oracle_writes_the_paired_table(shard, tmp_path):
     assert (tmp_path / "joined.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
     with pytest.raises(ValueError, match="already read"):
         read_tables([paths[0], paths[0]])
+    pd.read_csv(paths[0]).drop(columns="gap").to_csv(tmp_path / "torn.csv", index=False)
+    with pytest.raises(ValueError, match="torn.csv: columns"):
+        read_tables([str(tmp_path / "torn.csv")])
     with pytest.raises(ValueError, match="needs held-out prior shards"):
         run_gp_oracle(model, cfg, SamplerConfig(steps=3), [], kernels=["mixture"], progress=False)
     with pytest.raises(ValueError, match="unknown GP-oracle kernel"):
         run_gp_oracle(model, replace(cfg, n_mixture_tasks=0), SamplerConfig(steps=3), [shard], kernels=["mixture"], progress=False)
+
+
+def test_each_kernel_is_keyed_on_the_settings_it_reads(shard):
+    # The workflow's gp_oracle job of a kernel gets kernel_settings only: its rows must equal
+    # those of the whole section, and a setting of the other kind must not reach its key.
+    torch.manual_seed(0)
+    model = TrainedNDP(NDP(NDPConfig(dim=16, depth=1, heads=2)).eval(), YNormalisation(0.0, 1.0))
+    section = {"n_tasks": 2, "n_samples": 8, "n_mixture_tasks": 2, "n_tgt": 6, "noise_std": 0.1,
+               "likelihood": {"steps": 2}, "bayes_grid": {"lengthscale": 2, "period": 2, "periodic_lengthscale": 1,
+                                                          "variance": 1, "noise_std": 1, "slope_std": 1}}
+    whole = run_gp_oracle(model, OracleConfig.from_config(section), SamplerConfig(steps=3), [shard], progress=False)
+    for kernel in ("matern52", "mixture"):
+        own = kernel_settings(section, kernel)
+        alone = run_gp_oracle(model, OracleConfig.from_config(own), SamplerConfig(steps=3),
+                              [shard] if kernel == "mixture" else [], kernels=[kernel], progress=False)
+        pd.testing.assert_frame_equal(alone.reset_index(drop=True), whole[whole.kernel == kernel].reset_index(drop=True))
+    assert kernel_settings({**section, "n_mixture_tasks": 5}, "se") == kernel_settings(section, "se")
+    assert kernel_settings({**section, "n_tasks": 5}, "mixture") == kernel_settings(section, "mixture")
+    assert kernel_settings({**section, "n_tgt": 7}, "mixture") != kernel_settings(section, "mixture")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from llmflow.config import ConfigError, validate_config
+from llmflow.config import ConfigError, load_schema, validate_config
 from llmflow.gp import posterior
 from llmflow.kernels import Kernel
 from llmflow.tasks import TEXT_TASKS, Task, TaskInputError, build_task, task_config, task_names, user_task
@@ -48,6 +48,24 @@ def test_a_task_depends_on_its_own_settings_only(config):
     assert changed == {"synth-sine"} and "user-another" in after
 
 
+def test_a_text_task_is_keyed_on_its_definition(config, monkeypatch):
+    # Text tasks live in code: changing one (not the config) must change its key, so the workflow rebuilds it.
+    key = task_config("text-zero_after_30", config)
+    assert build_task("text-zero_after_30", key).text == "If x is greater than 30, y is 0."
+    original = TEXT_TASKS["zero_after_30"]
+
+    def fewer_targets() -> Task:
+        task = original()
+        task.x_target, task.y_target = task.x_target[:-1], task.y_target[:-1]
+        task.constraint_lo, task.constraint_hi = task.constraint_lo[:-1], task.constraint_hi[:-1]
+        return task
+
+    monkeypatch.setitem(TEXT_TASKS, "zero_after_30", fewer_targets)
+    assert task_config("text-zero_after_30", config) != key
+    monkeypatch.setitem(TEXT_TASKS, "zero_after_30", original)
+    assert task_config("text-zero_after_30", config) == key
+
+
 def test_tasks_are_deterministic_and_seeded(config):
     a = build_task("gp-se-000", config)
     b = build_task("gp-se-000", config)
@@ -81,9 +99,15 @@ def test_text_task_constraint_is_checkable(config):
     assert task.satisfies(np.concatenate([good, bad])).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("name", [n for n, make in TEXT_TASKS.items() if np.isfinite(make().y_target).all()])
+def test_the_schema_lists_every_text_task():
+    schema = load_schema()["properties"]["tasks"]["properties"]["text"]
+    assert schema["items"]["enum"] == schema["default"] == list(TEXT_TASKS)
+
+
+@pytest.mark.parametrize("name", ["positive", "period", "ceiling", "level"])
 def test_text_task_with_a_truth_states_what_the_context_does_not_show(name):
     task = TEXT_TASKS[name]()
+    assert np.isfinite(task.y_target).all() and 9 <= len(task.y_target) <= 10
     assert task.satisfies(task.y_target[None, :]).tolist() == [True]
     # The naive forecast, the line through the last two context points, breaks the text.
     (x0, x1), (y0, y1) = task.x_context[-2:, 0], task.y_context[-2:]

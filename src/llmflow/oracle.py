@@ -46,9 +46,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -327,6 +327,21 @@ class OracleConfig(Section):
     def grid_resolution(self) -> dict[str, int]:
         return {"lengthscale": 24, "period": 96, "periodic_lengthscale": 8, "variance": 4, "noise_std": 3, "slope_std": 4,
                 **(self.bayes_grid or {})}
+
+
+# The settings only one kind of kernel reads: the fixed kernels draw their own GP tasks, the
+# mixture reads held-out prior draws and integrates over their hyper-parameters.
+_FIXED_ONLY = ("n_tasks", "noise_std", "x_range")
+_MIXTURE_ONLY = ("n_mixture_tasks", "bayes_grid")
+
+
+def kernel_settings(section: Mapping[str, Any], kernel: str) -> dict[str, Any]:
+    """The part of ``config["bench"]["gp_oracle"]`` that kernel ``kernel``'s rows depend on (the
+    workflow keys each kernel's job on it, so changing the mixture's settings does not rerun
+    the fixed kernels, nor the other way round). :meth:`OracleConfig.from_config` fills the
+    left-out settings with defaults, which that kernel does not read."""
+    drop = _FIXED_ONLY if kernel == "mixture" else _MIXTURE_ONLY
+    return {key: value for key, value in section.items() if key not in drop}
 
 
 def oracle_kernels(cfg: OracleConfig) -> list[str]:

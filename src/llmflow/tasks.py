@@ -172,7 +172,7 @@ def _text_tasks() -> dict[str, Callable[[], Task]]:
         x = np.linspace(0.0, 10.0, 21)[:, None]
         y = 0.8 + 0.7 * np.sin(0.9 * x[:, 0])  # positive everywhere, dips close to 0
         ctx = np.array([0, 3, 7])
-        tgt = np.setdiff1d(np.arange(len(x)), ctx)[::2]  # keeps the dip at x = 5.5 (y = 0.12)
+        tgt = np.setdiff1d(np.arange(len(x)), ctx)[::2]  # keeps x = 5.5 (y = 0.12) in the dip
         return Task(
             "", "text", "y is always positive.",
             x[ctx], y[ctx], x[tgt], y[tgt], np.zeros(len(tgt)), np.full(len(tgt), np.inf),
@@ -429,18 +429,31 @@ def task_names(config: dict[str, Any]) -> list[str]:
 
 def task_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
     """The part of ``config`` that task ``name`` depends on (the seed and its own family's
-    settings; a user task's own entry), which :func:`build_task` accepts in place of the whole
-    config: the workflow rebuilds a task only when this changes, so declaring one more user
-    task leaves every other task (and what was computed from it) as it is."""
+    settings; a user task's own entry; a built-in text task's :func:`task_digest`), which
+    :func:`build_task` accepts in place of the whole config: the workflow rebuilds a task only
+    when this changes, so declaring one more user task leaves every other task (and what was
+    computed from it) as it is."""
     section = config["tasks"]
     family, _, ident = name.partition("-")
     if family == "user":
         own: Any = [next(u for u in section["user"] if u["name"] == ident)]
     elif family == "text":
-        own = [ident]
+        # A built-in text task is defined by code alone: its content's digest is the key, so a
+        # results folder rebuilds it (and what was computed from it) when the definition changes.
+        return {"seed": config["seed"], "tasks": {family: [ident]}, "definition": task_digest(TEXT_TASKS[ident]())}
     else:
         own = section[family]
     return {"seed": config["seed"], "tasks": {family: own}}
+
+
+def task_digest(task: Task) -> str:
+    """SHA-256 (hex) of a task's text, points and constraints."""
+    h = hashlib.sha256(task.text.encode())
+    for a in (task.x_context, task.y_context, task.x_target, task.y_target, task.constraint_lo, task.constraint_hi):
+        if a is not None:
+            a = np.ascontiguousarray(a, dtype=np.float64)
+            h.update(repr(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
 
 
 def build_task(name: str, config: dict[str, Any], base_dir: Path = Path(".")) -> Task:

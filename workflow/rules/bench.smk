@@ -6,17 +6,21 @@ rule gp_oracle:
         model=NDP_MODEL,
         mixture=lambda w: PRIOR_SHARDS["test"] if w.kernel == "mixture" else [],
     output:
-        GP_ORACLE["kernel"],
+        GP_ORACLE_KERNEL,
     log:
         "logs/bench/gp_oracle/{kernel}.log",
     wildcard_constraints:
         kernel="|".join(ORACLE_KERNELS),
     params:
-        bench=config["bench"]["gp_oracle"],
+        bench=lambda w: kernel_settings(config["bench"]["gp_oracle"], w.kernel),
         sampler=config["sampler"],
         seed=config["seed"],
         device=config["device"],
+        # run locally on several GPUs, the kernels spread over them like the LLM stage's shards
+        shard=lambda w: ORACLE_KERNELS.index(w.kernel),
     threads: 1
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
     conda:
         "../../envs/llmflow.yaml"
     script:
@@ -26,7 +30,7 @@ rule gp_oracle:
 rule gp_oracle_table:
     """The GP-oracle benchmark's table: the kernels' rows in one CSV and an aligned text table."""
     input:
-        [GP_ORACLE["kernel"].format(kernel=k) for k in ORACLE_KERNELS],
+        [GP_ORACLE_KERNEL.format(kernel=k) for k in ORACLE_KERNELS],
     output:
         csv=report(GP_ORACLE["csv"], caption="../report/gp_oracle.rst", category="Benchmark"),
         table=GP_ORACLE["table"],

@@ -5,7 +5,7 @@ import re
 
 from llmflow.evaluate import METHODS, SAMPLE_METHODS, allmp_tasks
 from llmflow.llm import EMBEDDED, model_label
-from llmflow.oracle import OracleConfig, oracle_kernels
+from llmflow.oracle import OracleConfig, kernel_settings, oracle_kernels
 from llmflow.prior import SPLITS
 from llmflow.tasks import task_config, task_names
 
@@ -32,7 +32,8 @@ NDP_MODEL = "results/ndp/model.pt"
 NDP_CHECKPOINTS = "results/ndp/checkpoints"
 TRAIN_CURVE = {"csv": "results/ndp/train_curve.csv", "png": "results/ndp/train_curve.png"}
 # The GP-oracle benchmark: one CSV per kernel (rule gp_oracle), joined into the table.
-GP_ORACLE = {"kernel": "results/bench/gp_oracle/{kernel}.csv", "csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_oracle.txt"}
+GP_ORACLE_KERNEL = "results/bench/gp_oracle/{kernel}.csv"
+GP_ORACLE = {"csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_oracle.txt"}
 ORACLE_KERNELS = oracle_kernels(OracleConfig.from_config(config["bench"]["gp_oracle"]))
 # An embedded LLM is materialised into LLM_MODELS; any other llm.model is a local folder.
 LLM_MODELS = "results/models/{model}"
