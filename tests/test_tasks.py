@@ -10,7 +10,7 @@ import yaml
 from llmflow.config import ConfigError, load_schema, validate_config
 from llmflow.gp import posterior
 from llmflow.kernels import Kernel
-from llmflow.tasks import TEXT_TASKS, Task, TaskInputError, build_task, task_config, task_names, user_task
+from llmflow.tasks import SYNTHETIC, TEXT_TASKS, Task, TaskInputError, build_task, task_config, task_names, user_task
 
 with open("tests/config.yaml") as fh:
     TINY = yaml.safe_load(fh)
@@ -48,8 +48,9 @@ def test_a_task_depends_on_its_own_settings_only(config):
     assert changed == {"synth-sine"} and "user-another" in after
 
 
-def test_a_text_task_is_keyed_on_its_definition(config, monkeypatch):
-    # Text tasks live in code: changing one (not the config) must change its key, so the workflow rebuilds it.
+def test_a_built_in_task_is_keyed_on_its_definition(config, monkeypatch):
+    # Built-in tasks live in code (text tasks wholly): changing one, not the config, must change
+    # its key, so the workflow rebuilds it.
     key = task_config("text-zero_after_30", config)
     assert build_task("text-zero_after_30", key).text == "If x is greater than 30, y is 0."
     original = TEXT_TASKS["zero_after_30"]
@@ -64,6 +65,9 @@ def test_a_text_task_is_keyed_on_its_definition(config, monkeypatch):
     assert task_config("text-zero_after_30", config) != key
     monkeypatch.setitem(TEXT_TASKS, "zero_after_30", original)
     assert task_config("text-zero_after_30", config) == key
+    sine = task_config("synth-sine", config)
+    monkeypatch.setitem(SYNTHETIC, "sine", lambda x: 1.5 * np.sin(1.3 * x))
+    assert task_config("synth-sine", config) != sine
 
 
 def test_tasks_are_deterministic_and_seeded(config):

@@ -429,21 +429,20 @@ def task_names(config: dict[str, Any]) -> list[str]:
 
 def task_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
     """The part of ``config`` that task ``name`` depends on (the seed and its own family's
-    settings; a user task's own entry; a built-in text task's :func:`task_digest`), which
+    settings, and a built-in task's :func:`task_digest`; a user task's own entry), which
     :func:`build_task` accepts in place of the whole config: the workflow rebuilds a task only
     when this changes, so declaring one more user task leaves every other task (and what was
     computed from it) as it is."""
     section = config["tasks"]
     family, _, ident = name.partition("-")
-    if family == "user":
-        own: Any = [next(u for u in section["user"] if u["name"] == ident)]
-    elif family == "text":
-        # A built-in text task is defined by code alone: its content's digest is the key, so a
-        # results folder rebuilds it (and what was computed from it) when the definition changes.
-        return {"seed": config["seed"], "tasks": {family: [ident]}, "definition": task_digest(TEXT_TASKS[ident]())}
-    else:
-        own = section[family]
-    return {"seed": config["seed"], "tasks": {family: own}}
+    if family == "user":  # defined by its entry and its CSV (an input of the workflow's rule)
+        return {"seed": config["seed"], "tasks": {family: [next(u for u in section["user"] if u["name"] == ident)]}}
+    key = {"seed": config["seed"], "tasks": {family: [ident] if family == "text" else section[family]}}
+    # A built-in task is defined by code as much as by config (a text task by code alone): the
+    # digest of what it builds is part of the key, so a results folder rebuilds it (and what
+    # was computed from it) when its definition changes. Building one takes about a millisecond.
+    key["definition"] = task_digest(build_task(name, key))
+    return key
 
 
 def task_digest(task: Task) -> str:
