@@ -16,6 +16,7 @@ The acceptance figures of the NDP-conditioning work: a candidate's ``gap`` minus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -55,16 +56,16 @@ CANDIDATES: dict[str, SamplerConfig] = {
 
 def draw(model: TrainedNDP, tasks: GPTasks, cfg: SamplerConfig, n_samples: int, seed: int) -> np.ndarray:
     """``n_samples`` draws (T, S, m_max) of every task's targets by the candidate ``cfg``."""
-    kw = {**cfg.path_kwargs(), "noise_std": tasks.noise_std}
+    kw = cfg.path_kwargs()
     if cfg.method == "ode":
-        return sample(model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, n_samples, ctx_mask=tasks.ctx_mask,
-                      tgt_mask=tasks.tgt_mask, solver=cfg.solver, **kw, generator=torch.Generator().manual_seed(seed)).y_tgt
+        return sample(model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, n_samples, ctx_mask=tasks.ctx_mask, tgt_mask=tasks.tgt_mask,
+                      solver=cfg.solver, **{**kw, "noise_std": tasks.noise_std}, generator=torch.Generator().manual_seed(seed)).y_tgt
     out = np.zeros((len(tasks), n_samples, tasks.tgt_mask.shape[1]))
     for i in range(len(tasks)):  # sample_smc takes unpadded tasks
         xc, yc, xt, _ = tasks.task(i)
-        kw["noise_std"] = tasks.noise_std[i]
-        out[i][:, tasks.tgt_mask[i]] = sample_smc(model, xc[None], yc[None], xt[None], n_samples, churn=cfg.smc.churn, **kw,
-                                                  generator=torch.Generator().manual_seed(seed * 1000 + i)).y_tgt[0]
+        out[i][:, tasks.tgt_mask[i]] = sample_smc(
+            model, xc[None], yc[None], xt[None], n_samples, **{**kw, "noise_std": tasks.noise_std[i]}, **dataclasses.asdict(cfg.smc),
+            generator=torch.Generator().manual_seed(seed * 1000 + i)).y_tgt[0]
     return out
 
 
