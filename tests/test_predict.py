@@ -157,3 +157,21 @@ def test_the_calibrated_product_shares_the_weight_among_tied_targets():
     unshared = sample_task(model, task, frame, 256, SAMPLER, 2, term)
     np.testing.assert_array_equal(draws, shared)
     assert draws.std(axis=0).mean() > 1.5 * unshared.std(axis=0).mean()  # 1.96 here
+
+
+def test_the_calibrated_product_is_the_ndp_where_the_llm_is_wrong_at_held_out_points():
+    from llmflow.predict import SampleConfig, sample_calibrated
+
+    x_ctx = np.linspace(0.0, 5.0, 8)[:, None]
+    x_tgt = np.array([[5.5], [6.5]])
+    task = Task("synth-wrong", "synth", "", x_ctx, np.sin(x_ctx[:, 0]), x_tgt, np.sin(x_tgt[:, 0]))
+    held = np.array([1, 3, 5, 6])
+    # sharp and 3 units off at every held-out point: no weight of it beats the NDP alone
+    store = _gaussian_store(task, np.sin(x_tgt[:, 0]) + 3.0, 0.05, task.y_context[held] + 3.0, 0.05, held)
+    model, frame, cfg = TrainedNDP(GPField(), YNormalisation()), TaskFrame.fit(task, (-2.0, 2.0), 1.0), SampleConfig(n_samples=64)
+    ndp = sample_task(model, task, frame, 64, SAMPLER, seed=1)
+    draws, fit = sample_calibrated(model, task, frame, store, cfg, SAMPLER, seed=2, ndp=ndp)
+    assert fit.weight == 0 and fit.n_held == 4 and fit.score == fit.ndp_score
+    # the NDP's own draws come back, not a second draw of the same product (seed 2 would differ)
+    np.testing.assert_array_equal(draws, ndp)
+    assert not np.array_equal(sample_task(model, task, frame, 64, SAMPLER, seed=2), ndp)

@@ -96,15 +96,16 @@ def sample_calibrated(model: TrainedNDP, task: Task, frame: TaskFrame, store: xr
     fitted to the task's leave-one-out scores (:func:`llmflow.calibrate.fit_product`), and the
     fit. The weight is shared among targets by the correlations of ``ndp`` (S', m), the NDP's
     own samples at the targets (:func:`llmflow.calibrate.target_shares`). λ = 0 (the LLM did not
-    help on the held-out points, or none were held out) draws the NDP itself, with the NDP's
-    start noise. No fade and no temperature: the fit decides."""
+    help on the held-out points, or none were held out) returns ``ndp`` itself: the product is
+    the NDP, and drawing it again with the same seed would repeat the same draws. No fade and no
+    temperature: the fit decides."""
     held, x_held, y_held = BinnedDensity.loo_from_store(store, cfg.lost_mass)
     fit = fit_product(leave_one_out_samples(model, task, frame, x_held, y_held, cfg.n_samples, sampler, seed)
                       if len(y_held) else np.zeros((0, cfg.n_samples)), y_held, held, cfg.calibration)
-    expert = None
-    if fit.weight > 0:
-        expert = ExpertTerm(BinnedDensity.from_store(store, task, cfg.lost_mass), fit.weight, smoothing=fit.smoothing,
-                            shares=torch.as_tensor(target_shares(ndp)))
+    if fit.weight == 0:
+        return ndp, fit
+    expert = ExpertTerm(BinnedDensity.from_store(store, task, cfg.lost_mass), fit.weight, smoothing=fit.smoothing,
+                        shares=torch.as_tensor(target_shares(ndp)))
     return sample_task(model, task, frame, cfg.n_samples, sampler, seed, expert), fit
 
 
