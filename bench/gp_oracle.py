@@ -29,11 +29,14 @@ def main() -> None:
     parser.add_argument("--model", default="results/ndp/model.pt", help="trained NDP (model.pt)")
     parser.add_argument("--mixture", nargs="*", default=[], help="held-out prior shards for the mixture row")
     parser.add_argument("--kernels", nargs="+", default=None,
-                        help="kernels to run (default: all; the workflow runs one per job); name --out to keep the whole table")
-    parser.add_argument("--out", default="results/bench/gp_oracle.csv", help="output CSV")
+                        help="kernels to run (default: all; the workflow runs one per job); needs --out")
+    parser.add_argument("--out", default=None, help="output CSV (default, all kernels only: results/bench/gp_oracle.csv)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (torch intra-op), as the workflow rule")
     args = parser.parse_args()
+    if args.kernels and args.out is None:
+        parser.error("--kernels writes part of the table: name its file with --out (the default is the whole table's)")
+    args.out = args.out or "results/bench/gp_oracle.csv"
     torch.set_num_threads(args.threads)
 
     config = validate_config(yaml.safe_load(Path(args.config).read_text()) or {})

@@ -1,6 +1,9 @@
 """GP-oracle benchmark computations: estimator, exact rows, Bayes mixture, the table."""
 
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -168,3 +171,11 @@ def test_each_kernel_is_keyed_on_the_settings_it_reads(shard):
     assert kernel_settings({**section, "n_mixture_tasks": 5}, "se") == kernel_settings(section, "se")
     assert kernel_settings({**section, "n_tasks": 5}, "mixture") == kernel_settings(section, "mixture")
     assert kernel_settings({**section, "n_tgt": 7}, "mixture") != kernel_settings(section, "mixture")
+
+
+def test_bench_script_refuses_part_of_the_table_without_its_own_file(tmp_path):
+    script = Path(__file__).parents[1] / "bench" / "gp_oracle.py"
+    # it must stop before reading anything: neither the config nor the model exists here
+    run = subprocess.run([sys.executable, str(script), "--kernels", "se"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 2 and "name its file with --out" in run.stderr
+    assert not (tmp_path / "results").exists()
