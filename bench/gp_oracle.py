@@ -1,7 +1,7 @@
 """GP-oracle benchmark from the command line (the same computation as the Snakemake target).
 
     .venv/bin/python bench/gp_oracle.py --config config.yaml --model results/ndp/model.pt \
-        --mixture results/prior/test/shard-*.zarr --out results/bench/gp_oracle.csv
+        --prior results/prior/test/shard-*.zarr --out results/bench/gp_oracle.csv
 
 Reads ``bench.gp_oracle``, ``sampler``, ``seed`` and ``device`` from the config, validated and
 completed with the schema's defaults exactly as the workflow does; prints the wall time of each
@@ -27,7 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml", help="workflow config (YAML)")
     parser.add_argument("--model", default="results/ndp/model.pt", help="trained NDP (model.pt)")
-    parser.add_argument("--mixture", nargs="*", default=[], help="held-out prior shards for the mixture row")
+    parser.add_argument("--prior", nargs="*", default=[],
+                        help="held-out prior shards: the mixture kernel's tasks, and the prior of the Bayes rows")
     parser.add_argument("--kernels", nargs="+", default=None,
                         help="kernels to run (default: all; the workflow runs one per job); needs --out")
     parser.add_argument("--out", default=None, help="output CSV (default, all kernels only: results/bench/gp_oracle.csv)")
@@ -45,7 +46,7 @@ def main() -> None:
         model,
         OracleConfig.from_config(config["bench"]["gp_oracle"]),
         SamplerConfig.from_config(config["sampler"]),
-        mixture_shards=args.mixture,
+        prior_shards=args.prior,
         seed=int(config["seed"]),
         kernels=args.kernels,
         log=print,

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from llmflow.gp import posterior
+from llmflow.gp import log_marginal_likelihood, posterior
 from llmflow.io import write_zarr
 from llmflow.kernels import Kernel
 from llmflow.likelihood import LikelihoodConfig
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 from llmflow.oracle import (
-    BENCH_KERNELS, COLUMNS, OracleConfig, bayes_mixture_scores, format_table, gaussian_fit_loglik, gp_optimum_scores,
+    BENCH_KERNELS, COLUMNS, HyperGrid, OracleConfig, bayes_mixture_samples, bayes_mixture_scores, format_table, gaussian_fit_loglik, gp_optimum_scores,
     gp_posterior_samples, hyper_grid, kernel_settings, make_gp_tasks, oracle_kernels, prior_config_of, prior_tasks, read_tables, run_gp_oracle,
     sample_scores, write_table,
 )
@@ -95,6 +95,26 @@ def test_bayes_mixture_sits_between_misspecified_and_true_kernel(shard):
     assert wrong.mean() < bayes.mean() <= oracle.mean() + 0.02
 
 
+def test_bayes_mixture_samples_weigh_each_node_by_its_context_evidence():
+    """Two nodes a priori 0.8 / 0.2, one far rougher: the draws' first two moments are those of
+    the mixture of the two GP posteriors weighted by prior × context evidence, which here puts
+    most weight on the node the prior disfavours (a prior-weighted draw would fail)."""
+    grid = HyperGrid((Kernel("se", lengthscale=0.1), Kernel("se", lengthscale=1.5)), np.array([0.05, 0.2]), np.log([0.8, 0.2]))
+    tasks = make_gp_tasks(Kernel("se", lengthscale=1.5), 2, np.random.default_rng(6), n_ctx=(4, 4), n_tgt=5, noise_std=0.2)
+    draws = bayes_mixture_samples(tasks, grid, 40000, np.random.default_rng(7))
+    assert draws.shape == (2, 40000, 5)
+    for i in range(2):
+        xc, yc, xt, _ = tasks.task(i)
+        log_w = grid.log_weight + [log_marginal_likelihood(k, xc, yc, s) for k, s in zip(grid.kernels, grid.noise_std)]
+        w = np.exp(log_w - np.logaddexp(*log_w))
+        posts = [posterior(k, xc, yc, xt, s) for k, s in zip(grid.kernels, grid.noise_std)]
+        mean = sum(wj * p.mean for wj, p in zip(w, posts))
+        second = sum(wj * (p.cov + np.outer(p.mean, p.mean)) for wj, p in zip(w, posts))
+        assert w[1] > 0.6  # the evidence overturns the prior
+        np.testing.assert_allclose(draws[i].mean(0), mean, atol=0.03)
+        np.testing.assert_allclose(draws[i].T @ draws[i] / len(draws[i]), second, atol=0.05)
+
+
 def test_sample_estimators_on_exact_posterior_samples():
     """The gp_samples_gaussfit row: per-target marginals are nearly exact at S = 128, the joint
     Gaussian fit is not (the protocol's own bias), and both are paired with gp_optimum."""
@@ -114,13 +134,14 @@ def test_run_gp_oracle_writes_the_paired_table(shard, tmp_path):
     lines = []
     table = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [shard], seed=0, progress=False, log=lines.append)
     assert list(table.columns) == COLUMNS and len(lines) == 4
-    methods = ("gp_optimum", "ndp_exact", "ndp", "gp_samples_gaussfit")
+    methods = ("gp_optimum", "ndp_exact", "ndp", "gp_samples_gaussfit", "bayes_samples_gaussfit")
     got = set(zip(table.kernel, table.method))
     assert got == {(k, m) for k in ("se", "matern52", "weakly_periodic", "mixture") for m in methods} | {("mixture", "bayes_mixture")}
     t = table.set_index(["kernel", "method"])
     assert (t.n_tasks == 3).all() and np.isfinite(t.loglik).all() and np.isfinite(t.stderr).all()
     assert (t.xs("gp_optimum", level="method").gap == 0).all()
     assert t.loc[("se", "ndp"), "n_samples"] == 8 and np.isnan(t.loc[("se", "ndp_exact"), "n_samples"])
+    assert t.loc[("se", "bayes_samples_gaussfit"), "n_samples"] == 8
     assert np.isnan(t.loc[("se", "ndp_exact"), "crps"]) and np.isfinite(t.loc[("se", "ndp_exact"), "nll"])
     assert np.isfinite(t.xs("ndp", level="method")[["nll", "crps"]].values).all()
     # The untrained network outputs u = 0: its exact density is the N(0, ~1) base, far below the optimum.
@@ -135,8 +156,7 @@ def test_run_gp_oracle_writes_the_paired_table(shard, tmp_path):
     assert oracle_kernels(cfg) == ["se", "matern52", "weakly_periodic", "mixture"]
     paths = []
     for kernel in reversed(oracle_kernels(cfg)):  # order of the runs does not matter
-        alone = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [shard] if kernel == "mixture" else [], seed=0,
-                              kernels=[kernel], progress=False)
+        alone = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [shard], seed=0, kernels=[kernel], progress=False)
         pd.testing.assert_frame_equal(alone.reset_index(drop=True), table[table.kernel == kernel].reset_index(drop=True))
         paths.insert(0, str(tmp_path / f"{kernel}.csv"))
         write_table(alone, paths[0])
@@ -148,6 +168,11 @@ def test_run_gp_oracle_writes_the_paired_table(shard, tmp_path):
     pd.read_csv(paths[0]).drop(columns="gap").to_csv(tmp_path / "torn.csv", index=False)
     with pytest.raises(ValueError, match="torn.csv: columns"):
         read_tables([str(tmp_path / "torn.csv")])
+    # Without the prior's shards there is no Bayes row (and no mixture kernel); the other rows stay.
+    bare = run_gp_oracle(model, cfg, SamplerConfig(steps=3), [], seed=0, progress=False)
+    assert set(bare.kernel) == {"se", "matern52", "weakly_periodic"} and "bayes_samples_gaussfit" not in set(bare.method)
+    pd.testing.assert_frame_equal(bare.reset_index(drop=True),
+                                  table[table.kernel.isin(set(bare.kernel)) & (table.method != "bayes_samples_gaussfit")].reset_index(drop=True))
     with pytest.raises(ValueError, match="needs held-out prior shards"):
         run_gp_oracle(model, cfg, SamplerConfig(steps=3), [], kernels=["mixture"], progress=False)
     with pytest.raises(ValueError, match="unknown GP-oracle kernel"):
@@ -165,12 +190,13 @@ def test_each_kernel_is_keyed_on_the_settings_it_reads(shard):
     whole = run_gp_oracle(model, OracleConfig.from_config(section), SamplerConfig(steps=3), [shard], progress=False)
     for kernel in ("matern52", "mixture"):
         own = kernel_settings(section, kernel)
-        alone = run_gp_oracle(model, OracleConfig.from_config(own), SamplerConfig(steps=3),
-                              [shard] if kernel == "mixture" else [], kernels=[kernel], progress=False)
+        alone = run_gp_oracle(model, OracleConfig.from_config(own), SamplerConfig(steps=3), [shard], kernels=[kernel], progress=False)
         pd.testing.assert_frame_equal(alone.reset_index(drop=True), whole[whole.kernel == kernel].reset_index(drop=True))
     assert kernel_settings({**section, "n_mixture_tasks": 5}, "se") == kernel_settings(section, "se")
     assert kernel_settings({**section, "n_tasks": 5}, "mixture") == kernel_settings(section, "mixture")
     assert kernel_settings({**section, "n_tgt": 7}, "mixture") != kernel_settings(section, "mixture")
+    # every kernel's Bayes row integrates over the grid
+    assert kernel_settings({**section, "bayes_grid": {"lengthscale": 3}}, "se") != kernel_settings(section, "se")
 
 
 def test_bench_script_refuses_part_of_the_table_without_its_own_file(tmp_path):

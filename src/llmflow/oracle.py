@@ -264,6 +264,25 @@ def _log_evidences(grid: HyperGrid, x: np.ndarray, y: np.ndarray, n_ctx: int) ->
     return terms.sum(-1), terms[:, :n_ctx].sum(-1)
 
 
+def bayes_mixture_samples(tasks: GPTasks, grid: HyperGrid, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_samples`` draws (T, S, m_max) of each task's noisy targets from the Bayes-optimal
+    predictive under the prior's hyper-parameter mixture (0 at padding): each draw picks a node
+    by its posterior weight given the context (prior mass × context evidence), then samples that
+    node's GP posterior. What a model trained on the prior should sample when it cannot tell the
+    kernel, its length-scale or the noise from a few context points."""
+    out = np.zeros((len(tasks), n_samples, tasks.tgt_mask.shape[1]))
+    for i in range(len(tasks)):
+        xc, yc, xt, _ = tasks.task(i)
+        log_w = grid.log_weight + _log_evidences(grid, xc, yc, len(yc))[1]
+        nodes = rng.choice(len(log_w), size=n_samples, p=np.exp(log_w - logsumexp(log_w)))
+        draws = np.empty((n_samples, len(xt)))
+        for j in np.unique(nodes):
+            at = nodes == j
+            draws[at] = posterior(grid.kernels[j], xc, yc, xt, float(grid.noise_std[j])).sample(rng, int(at.sum()))
+        out[i][:, tasks.tgt_mask[i]] = draws
+    return out
+
+
 def bayes_mixture_scores(tasks: GPTasks, grid: HyperGrid) -> Scores:
     """Per-task per-target log p(y_tgt | ctx) under the prior's hyper-parameter mixture (joint only)."""
     ll = np.empty(len(tasks))
@@ -330,9 +349,9 @@ class OracleConfig(Section):
 
 
 # The settings only one kind of kernel reads: the fixed kernels draw their own GP tasks, the
-# mixture reads held-out prior draws and integrates over their hyper-parameters.
+# mixture reads held-out prior draws (every kernel integrates over the prior's hyper-parameters).
 _FIXED_ONLY = ("n_tasks", "noise_std", "x_range")
-_MIXTURE_ONLY = ("n_mixture_tasks", "bayes_grid")
+_MIXTURE_ONLY = ("n_mixture_tasks",)
 
 
 def kernel_settings(section: Mapping[str, Any], kernel: str) -> dict[str, Any]:
@@ -354,7 +373,7 @@ def run_gp_oracle(
     model: TrainedNDP,
     cfg: OracleConfig,
     sampler: SamplerConfig,
-    mixture_shards: Sequence[str] = (),
+    prior_shards: Sequence[str] = (),
     seed: int = 0,
     kernels: Sequence[str] | None = None,
     progress: bool = True,
@@ -363,23 +382,25 @@ def run_gp_oracle(
     """The benchmark table (columns :data:`COLUMNS`), per-target nats, one row per (kernel, method).
 
     Kernels ``se, matern52, weakly_periodic`` and ``mixture`` (held-out prior draws from
-    ``mixture_shards``, with each function's true kernel as ``gp_optimum`` and the extra row
-    ``bayes_mixture``; skipped without shards); methods ``gp_optimum, ndp_exact, ndp,
-    gp_samples_gaussfit``, all on the same tasks. ``kernels`` (default: all) selects some of
-    them: every kernel draws its tasks and samples from its own seeded stream, so the rows of a
-    kernel are the same whichever others run, and per-kernel tables concatenated in
-    :func:`oracle_kernels` order are the whole table. ``log`` receives the wall time of each
+    ``prior_shards``, a split the NDP was not trained on, with each function's true kernel as
+    ``gp_optimum`` and the extra row ``bayes_mixture``; skipped without shards); methods
+    ``gp_optimum, ndp_exact, ndp, gp_samples_gaussfit`` and, with ``prior_shards`` (whose stored
+    config is the prior the NDP learned), ``bayes_samples_gaussfit``: all on the same tasks.
+    ``kernels`` (default: all) selects some of them: every kernel draws its tasks and samples
+    from its own seeded stream, so the rows of a kernel are the same whichever others run, and
+    per-kernel tables concatenated in :func:`oracle_kernels` order are the whole table. ``log`` receives the wall time of each
     kernel. Raises ValueError for an unknown kernel, or ``mixture`` without shards or tasks.
     """
     order = oracle_kernels(cfg)
     if kernels is None:
-        kernels = [k for k in order if k != "mixture" or mixture_shards]
+        kernels = [k for k in order if k != "mixture" or prior_shards]
     unknown = [k for k in kernels if k not in order]
     if unknown:
         raise ValueError(f"unknown GP-oracle kernel(s) {unknown}; known with this config: {order}")
-    if "mixture" in kernels and not mixture_shards:
-        raise ValueError("the mixture kernel needs held-out prior shards (mixture_shards)")
+    if "mixture" in kernels and not prior_shards:
+        raise ValueError("the mixture kernel needs held-out prior shards (prior_shards)")
     lik = replace(cfg.likelihood, t0=sampler.t0)
+    grid = hyper_grid(prior_config_of(prior_shards[0]), cfg.grid_resolution()) if prior_shards else None
     kw = dict(x_range=cfg.x_range, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt, noise_std=cfg.noise_std)
     rows = []
     for i, name in enumerate(order):
@@ -387,7 +408,7 @@ def run_gp_oracle(
             continue
         clock = time.perf_counter()
         if name == "mixture":
-            tasks = prior_tasks(mixture_shards, cfg.n_mixture_tasks, np.random.default_rng([seed, i]), n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt)
+            tasks = prior_tasks(prior_shards, cfg.n_mixture_tasks, np.random.default_rng([seed, i]), n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt)
         else:
             tasks = make_gp_tasks(BENCH_KERNELS[name], cfg.n_tasks, np.random.default_rng([seed, i]), **kw)
         optimum = gp_optimum_scores(tasks)
@@ -405,8 +426,10 @@ def run_gp_oracle(
                  summarise(name, "ndp", sample_scores(tasks, samples.y_tgt), optimum, cfg.n_samples),
                  summarise(name, "gp_samples_gaussfit", sample_scores(tasks, gp_posterior_samples(tasks, cfg.n_samples, np.random.default_rng([seed, i, 1]))),
                            optimum, cfg.n_samples)]
+        if grid is not None:
+            bayes = bayes_mixture_samples(tasks, grid, cfg.n_samples, np.random.default_rng([seed, i, 2]))
+            rows.append(summarise(name, "bayes_samples_gaussfit", sample_scores(tasks, bayes), optimum, cfg.n_samples))
         if name == "mixture":
-            grid = hyper_grid(prior_config_of(mixture_shards[0]), cfg.grid_resolution())
             rows.append(summarise(name, "bayes_mixture", bayes_mixture_scores(tasks, grid), optimum, None))
         if log:
             log(f"{name}: {len(tasks)} tasks, ndp_exact {t_exact:.1f} s ({lik.divergence}, {lik.steps} RK4 steps, "

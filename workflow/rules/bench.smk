@@ -1,10 +1,11 @@
 rule gp_oracle:
-    """GP-oracle benchmark of one kernel: the NDP vs the exact GP posterior (and, for kernel
-    `mixture`, the Bayes mixture on held-out prior draws). One job per kernel, so the kernels
-    run side by side (one GPU each on a cluster)."""
+    """GP-oracle benchmark of one kernel: the NDP vs the exact GP posterior and the Bayes-optimal
+    predictor under the training prior (whose config the held-out prior shards carry; kernel
+    `mixture` also draws its tasks from them). One job per kernel, so the kernels run side by
+    side (one GPU each on a cluster)."""
     input:
         model=NDP_MODEL,
-        mixture=lambda w: PRIOR_SHARDS["test"] if w.kernel == "mixture" else [],
+        prior=PRIOR_SHARDS["test"],
     output:
         GP_ORACLE_KERNEL,
     log:

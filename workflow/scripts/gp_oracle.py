@@ -10,7 +10,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     kernel = snakemake.wildcards.kernel
     model = TrainedNDP.load(snakemake.input.model, choose_device(snakemake.params.device, shard=snakemake.params.shard))
     table = run_gp_oracle(model, OracleConfig.from_config(snakemake.params.bench), SamplerConfig.from_config(snakemake.params.sampler),
-                          mixture_shards=snakemake.input.mixture, seed=snakemake.params.seed,
+                          prior_shards=snakemake.input.prior, seed=snakemake.params.seed,
                           kernels=[kernel], log=log.info)
     write_table(table, snakemake.output[0])
     log.info("GP-oracle benchmark, %s (per target, nats):\n%s", kernel, format_table(table))
