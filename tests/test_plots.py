@@ -99,3 +99,27 @@ def test_task_figure_keeps_the_data_readable_beside_wild_bands(tmp_path: Path, m
     lo, hi = drawn[0].axes[0].get_ylim()
     data = np.concatenate([task.y_context, task.y_target])
     assert lo <= data.min() and hi >= data.max() and hi - lo < 10 * np.ptp(data)
+
+
+def test_gp_oracle_figure_draws_every_rows_gap_at_one_height_per_row(tmp_path: Path, monkeypatch):
+    import pandas as pd
+
+    from llmflow.oracle import COLUMNS
+
+    def row(kernel, method, gap):
+        return {"kernel": kernel, "method": method, "gap": gap, "gap_stderr": 0.1 * gap, "n_tasks": 3}
+    base = ["gp_optimum", "ndp_exact", "ndp", "gp_samples_gaussfit", "bayes_samples_gaussfit"]
+    table = pd.DataFrame([row("se", m, g) for m, g in zip(base, [0.0, 0.2, 0.8, 0.1, 1.5])]
+                         + [row("mixture", m, g) for m, g in zip([*base, "bayes_mixture"], [0.0, 0.8, 1.4, 0.1, 0.6, 0.3])])
+    table = table.reindex(columns=COLUMNS)
+    drawn = []
+    monkeypatch.setattr(plots.plt, "close", drawn.append)
+    plots.gp_oracle(table, tmp_path / "a.png")
+    se, mixture = drawn[0].axes
+    widths = {ax.get_title(): {round(p.get_y() + p.get_height() / 2): p.get_width() for p in ax.patches} for ax in (se, mixture)}
+    at = {m: k for k, m in enumerate(plots.ORACLE_ROWS)}
+    assert widths["se (3 tasks)"] == {at["ndp_exact"]: 0.2, at["ndp"]: 0.8, at["gp_samples_gaussfit"]: 0.1, at["bayes_samples_gaussfit"]: 1.5}
+    assert widths["mixture (3 tasks)"] == {at["ndp_exact"]: 0.8, at["ndp"]: 1.4, at["gp_samples_gaussfit"]: 0.1,
+                                           at["bayes_samples_gaussfit"]: 0.6, at["bayes_mixture"]: 0.3}
+    plots.gp_oracle(table, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()

@@ -369,6 +369,66 @@ def oracle_kernels(cfg: OracleConfig) -> list[str]:
     return [*BENCH_KERNELS, *(["mixture"] if cfg.n_mixture_tasks else [])]
 
 
+@dataclass(frozen=True)
+class KernelRun:
+    """One kernel's benchmark: its tasks, per-task scores of every row (method → Scores, in
+    table order) and the seconds the NDP's rows took (``ndp_exact``, ``ndp``)."""
+
+    tasks: GPTasks
+    scores: dict[str, Scores]
+    seconds: dict[str, float]
+
+
+# Rows scored from S samples (the table's n_samples column).
+SAMPLE_ROWS = ("ndp", "gp_samples_gaussfit", "bayes_samples_gaussfit")
+
+
+def run_kernel(
+    model: TrainedNDP,
+    cfg: OracleConfig,
+    sampler: SamplerConfig,
+    name: str,
+    prior_shards: Sequence[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+) -> KernelRun:
+    """Every row of kernel ``name`` on its tasks (see :func:`run_gp_oracle`): tasks and samples
+    from the kernel's own seeded streams, so the result does not depend on which other kernels
+    run. Raises ValueError for an unknown kernel, or ``mixture`` without shards."""
+    order = oracle_kernels(cfg)
+    if name not in order:
+        raise ValueError(f"unknown GP-oracle kernel(s) {[name]}; known with this config: {order}")
+    if name == "mixture" and not prior_shards:
+        raise ValueError("the mixture kernel needs held-out prior shards (prior_shards)")
+    i = order.index(name)
+    clock = time.perf_counter()
+    if name == "mixture":
+        tasks = prior_tasks(prior_shards, cfg.n_mixture_tasks, np.random.default_rng([seed, i]), n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt)
+    else:
+        tasks = make_gp_tasks(BENCH_KERNELS[name], cfg.n_tasks, np.random.default_rng([seed, i]), x_range=cfg.x_range,
+                              n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt, noise_std=cfg.noise_std)
+    lik = replace(cfg.likelihood, t0=sampler.t0)
+    scores = {"gp_optimum": gp_optimum_scores(tasks),
+              "ndp_exact": ndp_exact_scores(model, tasks, lik, lik.marginals, sampler.conditioning)}
+    seconds = {"ndp_exact": time.perf_counter() - clock}
+    samples = sample(
+        model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, cfg.n_samples, ctx_mask=tasks.ctx_mask, tgt_mask=tasks.tgt_mask,
+        solver=sampler.solver, **{**sampler.path_kwargs(), "noise_std": tasks.noise_std},
+        generator=torch.Generator().manual_seed(seed * 1000 + i),
+        batch_size=sampler.batch_size, progress=progress,
+    )
+    seconds["ndp"] = time.perf_counter() - clock - seconds["ndp_exact"]
+    scores["ndp"] = sample_scores(tasks, samples.y_tgt)
+    scores["gp_samples_gaussfit"] = sample_scores(tasks, gp_posterior_samples(tasks, cfg.n_samples, np.random.default_rng([seed, i, 1])))
+    if prior_shards:
+        grid = hyper_grid(prior_config_of(prior_shards[0]), cfg.grid_resolution())
+        bayes = bayes_mixture_samples(tasks, grid, cfg.n_samples, np.random.default_rng([seed, i, 2]))
+        scores["bayes_samples_gaussfit"] = sample_scores(tasks, bayes)
+        if name == "mixture":
+            scores["bayes_mixture"] = bayes_mixture_scores(tasks, grid)
+    return KernelRun(tasks, scores, seconds)
+
+
 def run_gp_oracle(
     model: TrainedNDP,
     cfg: OracleConfig,
@@ -387,9 +447,10 @@ def run_gp_oracle(
     ``gp_optimum, ndp_exact, ndp, gp_samples_gaussfit`` and, with ``prior_shards`` (whose stored
     config is the prior the NDP learned), ``bayes_samples_gaussfit``: all on the same tasks.
     ``kernels`` (default: all) selects some of them: every kernel draws its tasks and samples
-    from its own seeded stream, so the rows of a kernel are the same whichever others run, and
-    per-kernel tables concatenated in :func:`oracle_kernels` order are the whole table. ``log`` receives the wall time of each
-    kernel. Raises ValueError for an unknown kernel, or ``mixture`` without shards or tasks.
+    from its own seeded stream (:func:`run_kernel`), so the rows of a kernel are the same
+    whichever others run, and per-kernel tables concatenated in :func:`oracle_kernels` order are
+    the whole table. ``log`` receives the wall time of each kernel. Raises ValueError for an
+    unknown kernel, or ``mixture`` without shards or tasks.
     """
     order = oracle_kernels(cfg)
     if kernels is None:
@@ -399,41 +460,17 @@ def run_gp_oracle(
         raise ValueError(f"unknown GP-oracle kernel(s) {unknown}; known with this config: {order}")
     if "mixture" in kernels and not prior_shards:
         raise ValueError("the mixture kernel needs held-out prior shards (prior_shards)")
-    lik = replace(cfg.likelihood, t0=sampler.t0)
-    grid = hyper_grid(prior_config_of(prior_shards[0]), cfg.grid_resolution()) if prior_shards else None
-    kw = dict(x_range=cfg.x_range, n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt, noise_std=cfg.noise_std)
     rows = []
-    for i, name in enumerate(order):
-        if name not in kernels:
-            continue
+    for name in (k for k in order if k in kernels):
         clock = time.perf_counter()
-        if name == "mixture":
-            tasks = prior_tasks(prior_shards, cfg.n_mixture_tasks, np.random.default_rng([seed, i]), n_ctx=cfg.n_ctx, n_tgt=cfg.n_tgt)
-        else:
-            tasks = make_gp_tasks(BENCH_KERNELS[name], cfg.n_tasks, np.random.default_rng([seed, i]), **kw)
-        optimum = gp_optimum_scores(tasks)
-        exact = ndp_exact_scores(model, tasks, lik, lik.marginals, sampler.conditioning)
-        t_exact = time.perf_counter() - clock
-        samples = sample(
-            model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, cfg.n_samples, ctx_mask=tasks.ctx_mask, tgt_mask=tasks.tgt_mask,
-            solver=sampler.solver, **{**sampler.path_kwargs(), "noise_std": tasks.noise_std},
-            generator=torch.Generator().manual_seed(seed * 1000 + i),
-            batch_size=sampler.batch_size, progress=progress,
-        )
-        t_sample = time.perf_counter() - clock - t_exact
-        rows += [summarise(name, "gp_optimum", optimum, optimum, None),
-                 summarise(name, "ndp_exact", exact, optimum, None),
-                 summarise(name, "ndp", sample_scores(tasks, samples.y_tgt), optimum, cfg.n_samples),
-                 summarise(name, "gp_samples_gaussfit", sample_scores(tasks, gp_posterior_samples(tasks, cfg.n_samples, np.random.default_rng([seed, i, 1]))),
-                           optimum, cfg.n_samples)]
-        if grid is not None:
-            bayes = bayes_mixture_samples(tasks, grid, cfg.n_samples, np.random.default_rng([seed, i, 2]))
-            rows.append(summarise(name, "bayes_samples_gaussfit", sample_scores(tasks, bayes), optimum, cfg.n_samples))
-        if name == "mixture":
-            rows.append(summarise(name, "bayes_mixture", bayes_mixture_scores(tasks, grid), optimum, None))
+        run = run_kernel(model, cfg, sampler, name, prior_shards, seed, progress)
+        optimum = run.scores["gp_optimum"]
+        rows += [summarise(name, method, scores, optimum, cfg.n_samples if method in SAMPLE_ROWS else None)
+                 for method, scores in run.scores.items()]
         if log:
-            log(f"{name}: {len(tasks)} tasks, ndp_exact {t_exact:.1f} s ({lik.divergence}, {lik.steps} RK4 steps, "
-                f"marginals={lik.marginals}), ndp sampling {t_sample:.1f} s, total {time.perf_counter() - clock:.1f} s")
+            lik = cfg.likelihood
+            log(f"{name}: {len(run.tasks)} tasks, ndp_exact {run.seconds['ndp_exact']:.1f} s ({lik.divergence}, {lik.steps} RK4 steps, "
+                f"marginals={lik.marginals}), ndp sampling {run.seconds['ndp']:.1f} s, total {time.perf_counter() - clock:.1f} s")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -29,12 +29,14 @@ rule gp_oracle:
 
 
 rule gp_oracle_table:
-    """The GP-oracle benchmark's table: the kernels' rows in one CSV and an aligned text table."""
+    """The GP-oracle benchmark's table: the kernels' rows in one CSV, an aligned text table and a
+    figure of every row's gap."""
     input:
         [GP_ORACLE_KERNEL.format(kernel=k) for k in ORACLE_KERNELS],
     output:
         csv=report(GP_ORACLE["csv"], caption="../report/gp_oracle.rst", category="Benchmark"),
         table=GP_ORACLE["table"],
+        png=report(GP_ORACLE["png"], caption="../report/gp_oracle.rst", category="Benchmark"),
     log:
         "logs/bench/gp_oracle_table.log",
     conda:

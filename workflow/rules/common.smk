@@ -33,7 +33,7 @@ NDP_CHECKPOINTS = "results/ndp/checkpoints"
 TRAIN_CURVE = {"csv": "results/ndp/train_curve.csv", "png": "results/ndp/train_curve.png"}
 # The GP-oracle benchmark: one CSV per kernel (rule gp_oracle), joined into the table.
 GP_ORACLE_KERNEL = "results/bench/gp_oracle/{kernel}.csv"
-GP_ORACLE = {"csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_oracle.txt"}
+GP_ORACLE = {"csv": "results/bench/gp_oracle.csv", "table": "results/bench/gp_oracle.txt", "png": "results/bench/gp_oracle.png"}
 ORACLE_KERNELS = oracle_kernels(OracleConfig.from_config(config["bench"]["gp_oracle"]))
 # An embedded LLM is materialised into LLM_MODELS; any other llm.model is a local folder.
 LLM_MODELS = "results/models/{model}"
