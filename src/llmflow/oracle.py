@@ -383,6 +383,15 @@ class KernelRun:
 SAMPLE_ROWS = ("ndp", "gp_samples_gaussfit", "bayes_samples_gaussfit")
 
 
+def _check_kernels(order: Sequence[str], kernels: Sequence[str], prior_shards: Sequence[str]) -> None:
+    """ValueError for a kernel not in ``order``, or ``mixture`` without held-out prior shards."""
+    unknown = [k for k in kernels if k not in order]
+    if unknown:
+        raise ValueError(f"unknown GP-oracle kernel(s) {unknown}; known with this config: {order}")
+    if "mixture" in kernels and not prior_shards:
+        raise ValueError("the mixture kernel needs held-out prior shards (prior_shards)")
+
+
 def run_kernel(
     model: TrainedNDP,
     cfg: OracleConfig,
@@ -396,10 +405,7 @@ def run_kernel(
     from the kernel's own seeded streams, so the result does not depend on which other kernels
     run. Raises ValueError for an unknown kernel, or ``mixture`` without shards."""
     order = oracle_kernels(cfg)
-    if name not in order:
-        raise ValueError(f"unknown GP-oracle kernel(s) {[name]}; known with this config: {order}")
-    if name == "mixture" and not prior_shards:
-        raise ValueError("the mixture kernel needs held-out prior shards (prior_shards)")
+    _check_kernels(order, [name], prior_shards)
     i = order.index(name)
     clock = time.perf_counter()
     if name == "mixture":
@@ -455,11 +461,7 @@ def run_gp_oracle(
     order = oracle_kernels(cfg)
     if kernels is None:
         kernels = [k for k in order if k != "mixture" or prior_shards]
-    unknown = [k for k in kernels if k not in order]
-    if unknown:
-        raise ValueError(f"unknown GP-oracle kernel(s) {unknown}; known with this config: {order}")
-    if "mixture" in kernels and not prior_shards:
-        raise ValueError("the mixture kernel needs held-out prior shards (prior_shards)")
+    _check_kernels(order, kernels, prior_shards)  # all of them before any kernel's work
     rows = []
     for name in (k for k in order if k in kernels):
         clock = time.perf_counter()
