@@ -49,7 +49,8 @@ def test_a_model_from_before_context_tokens_loads_as_a_joint_model(tmp_path: Pat
     torch.manual_seed(0)
     net = NDP(old)
     config = old.to_dict()
-    del config["context_tokens"]  # model.pt files written before the setting existed
+    for key in ("context_tokens", "x_fourier", "relative_bias", "rope"):
+        del config[key]  # model.pt files written before these settings existed
     torch.save({"format": checkpoint.MODEL_FORMAT, "ndp_config": config, "state_dict": net.state_dict(),
                 "normalisation": {"loc": 0.0, "scale": 1.0}}, tmp_path / "model.pt")
     loaded = checkpoint.load_model(tmp_path / "model.pt")

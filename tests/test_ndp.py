@@ -6,9 +6,14 @@ import torch
 from llmflow.ndp import NDP, NDPConfig
 
 
-def _net(x_dim: int = 1, seed: int = 0) -> NDP:
+# Every way x can enter the attention: raw x only, fixed Fourier features, a relative logit bias,
+# rotary embedding.
+VARIANTS = [{}, {"x_fourier": 4}, {"relative_bias": True}, {"rope": True}]
+
+
+def _net(x_dim: int = 1, seed: int = 0, **variant) -> NDP:
     torch.manual_seed(seed)
-    net = NDP(NDPConfig(x_dim=x_dim, dim=32, depth=2, heads=4))
+    net = NDP(NDPConfig(x_dim=x_dim, dim=32, depth=2, heads=4, **variant))
     # Zero-initialised adaLN and output layer make the fresh net output 0 everywhere;
     # randomise them so the tests see a non-trivial function.
     with torch.no_grad():
@@ -25,8 +30,9 @@ def test_fresh_network_outputs_zero_velocity():
     assert torch.equal(u, torch.zeros(3, 7))
 
 
-def test_permuting_points_permutes_output():
-    net = _net()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_permuting_points_permutes_output(variant):
+    net = _net(**variant)
     x, y, t = torch.randn(2, 11, 1), torch.randn(2, 11), torch.rand(2)
     perm = torch.randperm(11)
     u = net(x, y, t)
@@ -35,8 +41,9 @@ def test_permuting_points_permutes_output():
     assert u.abs().mean() > 1e-2  # not trivially equivariant
 
 
-def test_padding_does_not_change_valid_outputs():
-    net = _net()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_does_not_change_valid_outputs(variant):
+    net = _net(**variant)
     x, y, t = torch.randn(1, 6, 1), torch.randn(1, 6), torch.rand(1)
     u = net(x, y, t)
     # The same task padded with garbage points, batched with a full-size task.
@@ -52,9 +59,10 @@ def test_padding_does_not_change_valid_outputs():
     assert not torch.allclose(net(x_pad, y_pad, t)[0, :6], u[0], atol=1e-3)
 
 
-def test_multidimensional_inputs_and_time_dependence():
-    net = _net(x_dim=3)
-    x, y = torch.randn(4, 5, 3), torch.randn(4, 5)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_multidimensional_inputs_and_time_dependence(variant):
+    net = _net(x_dim=2, **variant)
+    x, y = torch.randn(4, 5, 2), torch.randn(4, 5)
     u0 = net(x, y, torch.full((4,), 0.1))
     u1 = net(x, y, torch.full((4,), 0.9))
     assert u0.shape == (4, 5) and torch.isfinite(u0).all()
@@ -79,3 +87,37 @@ def test_a_network_without_context_tokens_refuses_a_context():
     assert net.embed[0].in_features == 2
     with pytest.raises(ValueError, match="no context tokens"):
         net(torch.randn(1, 4, 1), torch.randn(1, 4), torch.rand(1), None, torch.ones(1, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("variant", [{"relative_bias": True}, {"rope": True}])
+def test_relative_attention_sees_input_differences_only(variant):
+    """With a relative bias or rotary embedding, what the attention adds depends on x only through
+    x_i − x_j: shifting every input changes the output only through the token embedding, whose
+    x weights are zeroed here."""
+    net = _net(**variant)
+    with torch.no_grad():
+        net.embed[0].weight[:, 0] = 0.0  # the raw x column
+    x, y, t = torch.randn(2, 9, 1), torch.randn(2, 9), torch.rand(2)
+    u = net(x, y, t)
+    torch.testing.assert_close(net(x + 0.37, y, t), u, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(net(1.5 * x, y, t), u, atol=1e-3)  # the differences do matter
+
+
+def test_rotary_embedding_keeps_norms_and_makes_products_relative():
+    from llmflow.ndp import rotate
+
+    q, k = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    angle = torch.randn(1, 1, 5, 4)
+    qr = rotate(q, angle.cos(), angle.sin())
+    torch.testing.assert_close(qr.norm(dim=-1), q.norm(dim=-1))
+    scores = qr @ rotate(k, angle.cos(), angle.sin()).transpose(-1, -2)
+    shifted = angle + 0.8
+    torch.testing.assert_close(rotate(q, shifted.cos(), shifted.sin()) @ rotate(k, shifted.cos(), shifted.sin()).transpose(-1, -2), scores)
+    assert not torch.allclose(scores, q @ k.transpose(-1, -2), atol=1e-3)
+
+
+def test_invalid_architectures_are_refused():
+    with pytest.raises(ValueError, match="rope needs"):
+        NDPConfig(x_dim=3, dim=32, heads=4, rope=True)  # head width 8, not divisible by 6
+    with pytest.raises(ValueError, match="x_fourier"):
+        NDPConfig(x_fourier=-1)
