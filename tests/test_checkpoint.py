@@ -44,12 +44,12 @@ def test_checkpoints_keep_the_newest(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in kept]
 
 
-def test_a_model_from_before_context_tokens_loads_as_a_joint_model(tmp_path: Path):
-    old = NDPConfig(dim=16, depth=1, heads=2, context_tokens=False)
+def test_a_model_from_before_context_tokens_and_rotary_embedding_loads_as_it_was(tmp_path: Path):
+    old = NDPConfig(dim=16, depth=1, heads=2, context_tokens=False, rope=False)
     torch.manual_seed(0)
     net = NDP(old)
     config = old.to_dict()
-    for key in ("context_tokens", "x_fourier", "relative_bias", "rope"):
+    for key in ("context_tokens", "rope"):
         del config[key]  # model.pt files written before these settings existed
     torch.save({"format": checkpoint.MODEL_FORMAT, "ndp_config": config, "state_dict": net.state_dict(),
                 "normalisation": {"loc": 0.0, "scale": 1.0}}, tmp_path / "model.pt")

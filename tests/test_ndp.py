@@ -6,9 +6,8 @@ import torch
 from llmflow.ndp import NDP, NDPConfig
 
 
-# Every way x can enter the attention: raw x only, fixed Fourier features, a relative logit bias,
-# rotary embedding.
-VARIANTS = [{}, {"x_fourier": 4}, {"relative_bias": True}, {"rope": True}]
+# x in the token only, or also through rotary embedding in every attention.
+VARIANTS = [{"rope": False}, {"rope": True}]
 
 
 def _net(x_dim: int = 1, seed: int = 0, **variant) -> NDP:
@@ -89,12 +88,10 @@ def test_a_network_without_context_tokens_refuses_a_context():
         net(torch.randn(1, 4, 1), torch.randn(1, 4), torch.rand(1), None, torch.ones(1, 4, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("variant", [{"relative_bias": True}, {"rope": True}])
-def test_relative_attention_sees_input_differences_only(variant):
-    """With a relative bias or rotary embedding, what the attention adds depends on x only through
-    x_i − x_j: shifting every input changes the output only through the token embedding, whose
-    x weights are zeroed here."""
-    net = _net(**variant)
+def test_rotary_attention_sees_input_differences_only():
+    """With rotary embedding the attention sees x only through x_i − x_j: shifting every input
+    changes the output only through the token embedding, whose x weights are zeroed here."""
+    net = _net(rope=True)
     with torch.no_grad():
         net.embed[0].weight[:, 0] = 0.0  # the raw x column
     x, y, t = torch.randn(2, 9, 1), torch.randn(2, 9), torch.rand(2)
@@ -116,8 +113,12 @@ def test_rotary_embedding_keeps_norms_and_makes_products_relative():
     assert not torch.allclose(scores, q @ k.transpose(-1, -2), atol=1e-3)
 
 
-def test_invalid_architectures_are_refused():
-    with pytest.raises(ValueError, match="rope needs"):
-        NDPConfig(x_dim=3, dim=32, heads=4, rope=True)  # head width 8, not divisible by 6
-    with pytest.raises(ValueError, match="x_fourier"):
-        NDPConfig(x_fourier=-1)
+def test_rotary_embedding_needs_a_pair_per_input_coordinate():
+    with pytest.raises(ValueError, match="rope needs a head width"):
+        NDPConfig(x_dim=5, dim=32, heads=4, rope=True)  # head width 8: four pairs for five coordinates
+    net = _net(x_dim=3, rope=True)  # one pair per coordinate, one left unturned
+    x, y, t = torch.randn(2, 6, 3), torch.randn(2, 6), torch.rand(2)
+    with torch.no_grad():
+        net.embed[0].weight[:, :3] = 0.0
+    torch.testing.assert_close(net(x + torch.tensor([0.3, -1.0, 2.0]), y, t), net(x, y, t), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(net(x * torch.tensor([1.0, 1.0, 1.5]), y, t), net(x, y, t), atol=1e-3)

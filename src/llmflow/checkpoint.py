@@ -42,9 +42,9 @@ def save_model(model: TrainedNDP, path: str | os.PathLike, **extra: object) -> N
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedNDP:
     """Read a model.pt written by :func:`save_model`, in eval mode on ``device``."""
     payload = torch.load(path, map_location=device, weights_only=True)
-    # A model.pt from before context tokens existed models the joint only; one from before the
-    # x features and the relative bias has neither.
-    legacy = {"context_tokens": False, "x_fourier": 0, "relative_bias": False, "rope": False}
+    # A model.pt from before context tokens existed models the joint only; one from before rotary
+    # embedding has none.
+    legacy = {"context_tokens": False, "rope": False}
     net = NDP(NDPConfig(**{**legacy, **payload["ndp_config"]}))
     net.load_state_dict(payload["state_dict"])
     return TrainedNDP(net.to(device).eval(), YNormalisation(**payload["normalisation"]))

@@ -123,6 +123,9 @@ def check_consistency(config: dict[str, Any]) -> None:
         fail("prior.slope_std", f"{prior['slope_std']} gives no trend to the {prior['trend_fraction']} of functions that prior.trend_fraction asks for")
     if ndp["dim"] % ndp["heads"]:
         fail("ndp.heads", f"{ndp['heads']} does not divide ndp.dim = {ndp['dim']}")
+    if ndp["rope"] and ndp["dim"] // ndp["heads"] < 2 * prior["x_dim"]:
+        fail("ndp.rope", f"the head width ndp.dim / ndp.heads = {ndp['dim'] // ndp['heads']} has fewer than one feature pair per input coordinate "
+             f"(prior.x_dim = {prior['x_dim']}); widen the heads or set ndp.rope: false")
     seen: set[str] = set()
     for i, spec in enumerate(config["tasks"]["user"]):
         if spec["name"] in seen:

@@ -25,7 +25,10 @@ Architecture (Peebles & Xie's DiT, with points in place of image patches):
   so the untrained network outputs u = 0.
 
 Attention runs over the points of a task with no positional encoding, so permuting the points
-permutes the output (equivariance). A validity mask (True = real point) removes padded points
+permutes the output (equivariance). With ``rope`` each query and key is turned by angles
+``2π f x`` (RoFormer's rotary embedding, with the input x as the position), so the attention
+weights see x through the differences ``x_i − x_j``, as a stationary kernel does; x still enters
+the token, for what is not stationary (trends). A validity mask (True = real point) removes padded points
 from every attention so tasks of different sizes share a batch; outputs at padded points are
 meaningless and must be ignored by the caller.
 """
@@ -52,9 +55,8 @@ class NDPConfig(Section):
     heads (dim must be divisible). mlp_ratio: hidden width of the block MLP / dim.
     time_freqs: number of sinusoidal time features. context_tokens: the network takes flagged,
     clean context points (trained on random context/target splits) instead of modelling only
-    the joint. x_fourier: number K of fixed frequencies whose sines and cosines of each input
-    coordinate join the token (0 = raw x only). relative_bias: every attention logit gets a
-    learned bias per block and head from the input difference ``x_i − x_j``.
+    the joint. rope: rotary embedding of the inputs in every attention, so that query·key
+    products depend on the points' inputs only through ``x_i − x_j`` (needs dim / heads ≥ 2·x_dim).
     """
 
     KEY: ClassVar[str] = "ndp"
@@ -66,19 +68,15 @@ class NDPConfig(Section):
     mlp_ratio: float = 2.0
     time_freqs: int = 64
     context_tokens: bool = True
-    x_fourier: int = 0
-    relative_bias: bool = False
-    rope: bool = False
+    rope: bool = True
 
     def __post_init__(self) -> None:
         if self.x_dim < 1:
             raise ValueError(f"x_dim must be >= 1, got {self.x_dim}")
-        if self.x_fourier < 0:
-            raise ValueError(f"x_fourier must be >= 0, got {self.x_fourier}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} not divisible by heads {self.heads}")
-        if self.rope and (self.dim // self.heads) % (2 * self.x_dim):
-            raise ValueError(f"rope needs the head width {self.dim // self.heads} divisible by 2·x_dim = {2 * self.x_dim}")
+        if self.rope and self.dim // self.heads < 2 * self.x_dim:
+            raise ValueError(f"rope needs a head width (dim / heads = {self.dim // self.heads}) of at least 2·x_dim = {2 * self.x_dim}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +109,8 @@ def rotate(q: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class PointAttention(nn.Module):
-    """Multi-head self-attention over the points of a task (no positional encoding)."""
+    """Multi-head self-attention over the points of a task; no positional encoding, optionally
+    rotary embedding of the inputs."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -119,15 +118,14 @@ class PointAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, h: Tensor, attn_mask: Tensor | None, rotation: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """h (B, N, dim); attn_mask (B, 1, 1, N) bool, True = attend to that point, or a float
-        (B, heads, N, N) logit bias (−inf = do not attend); rotation: (cos, sin) of the rotary
-        angles, each (B, 1, N, head_dim / 2), or None."""
+    def forward(self, h: Tensor, key_mask: Tensor | None, rotation: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """h (B, N, dim); key_mask (B, 1, 1, N) bool, True = attend to that point; rotation: cos
+        and sin of the rotary angles, each (B, 1, N, head_dim / 2), or None."""
         b, n, d = h.shape
         q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if rotation is not None:
             q, k = rotate(q, *rotation), rotate(k, *rotation)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -147,9 +145,9 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, h: Tensor, c: Tensor, attn_mask: Tensor | None, rotation: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, h: Tensor, c: Tensor, key_mask: Tensor | None, rotation: tuple[Tensor, Tensor] | None = None) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
-        h = h + gate1[:, None, :] * self.attn(modulate(self.norm1(h), shift1, scale1), attn_mask, rotation)
+        h = h + gate1[:, None, :] * self.attn(modulate(self.norm1(h), shift1, scale1), key_mask, rotation)
         h = h + gate2[:, None, :] * self.mlp(modulate(self.norm2(h), shift2, scale2))
         return h
 
@@ -178,23 +176,12 @@ class NDP(nn.Module):
         super().__init__()
         self.config = config
         d = config.dim
-        # Log-spaced frequencies (cycles per unit of x) from an eighth of a cycle to 8 cycles: the
-        # prior's x spans 4 units and its shortest period is 0.25.
-        self.register_buffer("x_freqs", torch.logspace(-3, 3, config.x_fourier, base=2.0), persistent=False)
-        n_in = config.x_dim * (1 + 2 * config.x_fourier) + 1 + config.context_tokens
-        self.embed = nn.Sequential(nn.Linear(n_in, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
-        if config.relative_bias:
-            # A fixed basis of x_i − x_j per coordinate — Gaussian bumps of width 1/32 to 2 and the
-            # cosines and sines of 1/8 to 8 cycles per unit — mapped linearly to a logit bias for
-            # every block and head; zero-initialised, so training starts from plain attention.
-            self.register_buffer("rel_widths", torch.logspace(-5, 1, 8, base=2.0), persistent=False)
-            self.register_buffer("rel_freqs", torch.logspace(-3, 3, 8, base=2.0), persistent=False)
-            self.rel_bias = nn.Linear(24 * config.x_dim, config.depth * config.heads)
-            nn.init.zeros_(self.rel_bias.weight)
-            nn.init.zeros_(self.rel_bias.bias)
+        self.embed = nn.Sequential(nn.Linear(config.x_dim + 1 + config.context_tokens, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         if config.rope:
-            # P = head_dim / (2D) log-spaced frequencies per input coordinate, 1/8 to 8 cycles per unit.
-            n_freqs = d // config.heads // (2 * config.x_dim)
+            # Each coordinate turns P = ⌊head_dim / 2 / D⌋ feature pairs at log-spaced frequencies
+            # from 1/8 to 8 cycles per unit of x (the prior's x spans 4 units, its shortest period
+            # is 0.25); pairs left over stay unturned.
+            n_freqs = d // config.heads // 2 // config.x_dim
             self.register_buffer("rope_freqs", torch.logspace(-3, 3, n_freqs, base=2.0), persistent=False)
         self.time_embed = nn.Sequential(nn.Linear(config.time_freqs, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(DiTBlock(d, config.heads, config.mlp_ratio) for _ in range(config.depth))
@@ -213,9 +200,6 @@ class NDP(nn.Module):
         b = y.shape[0]
         t = t.expand(b) if t.dim() == 0 else t
         tokens = [x, y[..., None]]
-        if self.config.x_fourier:
-            phase = 2 * math.pi * x[..., None] * self.x_freqs  # (B, N, D, K)
-            tokens += [phase.sin().flatten(-2), phase.cos().flatten(-2)]
         if self.config.context_tokens:
             tokens.append(torch.zeros_like(y)[..., None] if context is None else context[..., None].to(y.dtype))
         elif context is not None:
@@ -223,30 +207,16 @@ class NDP(nn.Module):
         h = self.embed(torch.cat(tokens, dim=-1))
         c = self.time_embed(timestep_features(t, self.config.time_freqs).to(h.dtype))
         key_mask = None if mask is None else mask[:, None, None, :]
-        rotation = None
-        if self.config.rope:
-            angle = (2 * math.pi * x[..., None] * self.rope_freqs).flatten(-2)[:, None]  # (B, 1, N, D·P)
-            rotation = angle.cos(), angle.sin()
-        for block, attn_mask in zip(self.blocks, self._attention_masks(x, key_mask)):
-            h = block(h, c, attn_mask, rotation)
+        rotation = self._rotation(x) if self.config.rope else None
+        for block in self.blocks:
+            h = block(h, c, key_mask, rotation)
         return self.final(h, c)
 
-    def _attention_masks(self, x: Tensor, key_mask: Tensor | None) -> list[Tensor | None]:
-        """Per block, what ``scaled_dot_product_attention`` adds to the logits: the validity mask
-        (B, 1, 1, N) bool, or with ``relative_bias`` a float (B, heads, N, N) bias of x_i − x_j
-        with −inf at padded keys."""
-        depth, heads = self.config.depth, self.config.heads
-        if not self.config.relative_bias:
-            return [key_mask] * depth
-        b, n, _ = x.shape
-        dx = (x[:, :, None, :] - x[:, None, :, :])[..., None]  # (B, N, N, D, 1)
-        phase = 2 * math.pi * dx * self.rel_freqs
-        basis = torch.cat([torch.exp(-0.5 * (dx / self.rel_widths) ** 2), phase.cos(), phase.sin()], dim=-1)
-        bias = self.rel_bias(basis.flatten(-2))  # (B, N, N, depth·heads)
-        bias = bias.view(b, n, n, depth, heads).permute(3, 0, 4, 1, 2)  # (depth, B, heads, N, N)
-        if key_mask is not None:
-            bias = bias.masked_fill(~key_mask, float("-inf"))
-        return list(bias.unbind(0))
+    def _rotation(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin of the rotary angles ``2π f_p x_d``, each (B, 1, N, head_dim / 2)."""
+        angle = (2 * math.pi * x[..., None] * self.rope_freqs).flatten(-2)  # (B, N, D·P)
+        angle = F.pad(angle, (0, self.config.dim // self.config.heads // 2 - angle.shape[-1]))[:, None]
+        return angle.cos(), angle.sin()
 
 
 @dataclass(frozen=True)
