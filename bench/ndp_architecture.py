@@ -36,7 +36,8 @@ def mean_se(d: np.ndarray) -> str:
 def step_cost(models: dict[str, TrainedNDP], batch: int, n_points: int, rounds: int = 30) -> None:
     """Median ms of a forward-backward pass per architecture, interleaved so drift hits all alike."""
     torch.manual_seed(0)
-    x = torch.rand(batch, n_points, 1) * 4 - 2
+    x_dim = next(iter(models.values())).net.config.x_dim
+    x = torch.rand(batch, n_points, x_dim) * 4 - 2
     y, t = torch.randn(batch, n_points), torch.rand(batch)
     context = torch.rand(batch, n_points) < 0.3
     nets = {label: NDP(m.net.config).train() for label, m in models.items()}
