@@ -1,6 +1,5 @@
 """Training: loss goes down, checkpoints resume bit-identically, outputs are written."""
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -66,20 +65,6 @@ def test_context_split_draws_random_subsets_of_the_valid_points():
     share = ctx[::2, :6].float().mean(0)
     assert (share - share.mean()).abs().max() < 0.02
     assert not context_split(mask, 1.0, torch.Generator().manual_seed(0)).any()
-
-
-def test_log_uniform_context_sizes_favour_small_contexts():
-    n = 48
-    mask = torch.ones(50000, n, dtype=torch.bool)
-    k = context_split(mask, 0.0, torch.Generator().manual_seed(0), log_size=True).sum(1)
-    assert set(k.tolist()) == set(range(1, n))
-    # P(k) = log((k + 1) / k) / log n: a context of at most 9 points in 59% of the rows, not 19%
-    for upto in (1, 9, 24):
-        expected = np.log(upto + 1) / np.log(n)
-        assert abs((k <= upto).float().mean().item() - expected) < 0.01
-    # rows of 2 valid points still get their one possible context size
-    two = context_split(torch.ones(100, 2, dtype=torch.bool), 0.0, torch.Generator().manual_seed(0), log_size=True)
-    assert (two.sum(1) == 1).all()
 
 
 def test_forecast_contexts_are_the_leftmost_points():

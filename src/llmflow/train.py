@@ -80,27 +80,23 @@ class TrainConfig(Section):
     seed: int | None = None
     threads: int = 1
     empty_context: float = 0.1
-    forecast_context: float = 0.0
-    context_size: str = "uniform"
+    forecast_context: float = 0.15
 
     def __post_init__(self) -> None:
         if self.y_normalisation not in ("global", "none"):
             raise ValueError(f"y_normalisation must be 'global' or 'none', got {self.y_normalisation!r}")
         if not 0.0 <= self.empty_context <= 1.0:
             raise ValueError(f"empty_context must lie in [0, 1], got {self.empty_context}")
-        if self.context_size not in ("uniform", "log_uniform"):
-            raise ValueError(f"context_size must be 'uniform' or 'log_uniform', got {self.context_size!r}")
         if not 0.0 <= self.forecast_context <= 1.0:
             raise ValueError(f"forecast_context must lie in [0, 1], got {self.forecast_context}")
 
 
 def context_split(mask: Tensor, empty_context: float, generator: torch.Generator,
-                  x: Tensor | None = None, forecast: float = 0.0, log_size: bool = False) -> Tensor:
+                  x: Tensor | None = None, forecast: float = 0.0) -> Tensor:
     """Random context points (B, N) bool of each row's valid points ``mask`` (B, N).
 
     A row is given no context with probability ``empty_context``; otherwise a count k uniform
-    on 1…n−1 (n its valid points; none when n < 2), or with ``log_size`` log-uniform
-    (``⌊n^u⌋``, u ~ U[0, 1)), and k of its valid points uniformly at random,
+    on 1…n−1 (n its valid points; none when n < 2) and k of its valid points uniformly at random,
     or, with probability ``forecast`` (``x`` (B, N, D) given), its k points of smallest first
     coordinate: the targets then lie beyond the context, as in a forecast.
     """
@@ -108,11 +104,7 @@ def context_split(mask: Tensor, empty_context: float, generator: torch.Generator
     b, _ = mask.shape
     n = mask.sum(-1)
     u = torch.rand(b, generator=generator, device=dev)
-    u_k = torch.rand(b, generator=generator, device=dev)
-    if log_size:  # n^u, u ~ U[0, 1): every k in 1…n−1 with mass ∝ log((k + 1) / k)
-        k = torch.minimum(torch.floor(n.clamp(min=1).to(u_k.dtype) ** u_k).long(), (n - 1).clamp(min=1))
-    else:
-        k = torch.floor(u_k * (n - 1).clamp(min=0)).long() + 1
+    k = torch.floor(torch.rand(b, generator=generator, device=dev) * (n - 1).clamp(min=0)).long() + 1
     k = torch.where((u < empty_context) | (n < 2), torch.zeros_like(k), k)
     # rank of each valid point in a random order (by x in forecast rows); invalid points rank last
     keys = torch.rand(mask.shape, generator=generator, device=dev)
@@ -223,7 +215,7 @@ def _validation_loss(data: PriorData, norm: YNormalisation, cfg: TrainConfig, de
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     t = sample_logit_normal(n, cfg.t_logit_mean, cfg.t_logit_std, gen).to(dev)
     y0 = torch.randn(y1.shape, generator=gen).to(dev)
-    context = context_split(mask.cpu(), cfg.empty_context, gen, x.cpu(), cfg.forecast_context, cfg.context_size == "log_uniform").to(dev) if contexts else None
+    context = context_split(mask.cpu(), cfg.empty_context, gen, x.cpu(), cfg.forecast_context).to(dev) if contexts else None
 
     def loss(net: NDP) -> float:
         with torch.no_grad():
@@ -314,7 +306,7 @@ def train(
         x, y1, mask = x_all[idx].to(dev), y_all[idx].to(dev), m_all[idx].to(dev)
         t = sample_logit_normal(len(idx), cfg.t_logit_mean, cfg.t_logit_std, gen, dev)
         y0 = torch.randn(y1.shape, generator=gen, device=dev)
-        context = context_split(mask, cfg.empty_context, gen, x, cfg.forecast_context, cfg.context_size == "log_uniform") if contexts else None
+        context = context_split(mask, cfg.empty_context, gen, x, cfg.forecast_context) if contexts else None
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
         with autocast:
