@@ -8,7 +8,8 @@ from scipy import stats
 from llmflow.flow import flow_matching_loss, sample_logit_normal
 from llmflow.gp import posterior
 from llmflow.kernels import Kernel
-from llmflow.likelihood import LikelihoodConfig, conditional_log_likelihood, log_density, marginal_log_likelihood
+from llmflow.likelihood import (LikelihoodConfig, _exact_field, conditional_log_likelihood, log_density,
+                                marginal_log_likelihood)
 from llmflow.ndp import NDP, NDPConfig, TrainedNDP, YNormalisation
 
 from fields import ConditionalGPField
@@ -162,3 +163,28 @@ def test_trained_model_density_is_stable_in_steps_and_normalised(tiny_ndp):
     x2 = np.broadcast_to(np.array([[[-0.3], [0.4]]]), (len(pts), 2, 1))
     dens = np.exp(log_density(tiny_ndp, x2, pts, None, LikelihoodConfig(steps=8))).reshape(33, 33)
     assert np.trapezoid(np.trapezoid(dens, grid, axis=1), grid) == pytest.approx(1.0, abs=0.03)
+
+
+def test_exact_field_is_the_jacobian_trace_over_the_flowing_points():
+    # One network row per flowing point: velocity and divergence must equal the full
+    # Jacobian's, with context and padded points fixed (a task with no flowing point too).
+    torch.manual_seed(0)
+    net = NDP(NDPConfig(dim=32, depth=2, heads=2, time_freqs=16)).eval()
+    with torch.no_grad():  # adaLN-zero starts at u = 0: give every weight a value
+        for p in net.parameters():
+            p.normal_(0.0, 0.3)
+    model = TrainedNDP(net, YNormalisation(0.0, 1.0))
+    x = torch.rand(3, 5, 1) * 4 - 2
+    y = torch.randn(3, 5)
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    context = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    flowing = (valid & ~context).float()
+    u, div = _exact_field(model, x, flowing, context)(y, 0.4)
+    for b in range(3):
+        def velocity(yb, b=b):
+            t = torch.full((1,), 0.4)
+            return net(x[b:b + 1], yb[None], t, valid[b:b + 1], context[b:b + 1])[0] * flowing[b]
+        jac = torch.autograd.functional.jacobian(velocity, y[b])
+        torch.testing.assert_close(u[b], velocity(y[b]), atol=1e-6, rtol=1e-5)
+        assert div[b].item() == pytest.approx(float((torch.diagonal(jac) * flowing[b]).sum()), rel=1e-4, abs=1e-5)
+    assert div[2].item() == 0 and (u[2] == 0).all()

@@ -62,7 +62,7 @@ class LikelihoodConfig(Section):
     steps on the sine grid, 4 velocity evaluations each), divergence (exact | hutchinson),
     probes (Hutchinson probe vectors per task), marginals (the GP-oracle benchmark also scores
     each target's marginal), batch_size (network rows per evaluation; the exact divergence
-    spends N rows per task, so N-point tasks go batch_size // N at a time); t0 (start time of
+    spends a row per flowing point, so tasks with k of them go batch_size // k at a time); t0 (start time of
     the flow) is the sampler's."""
 
     KEY: ClassVar[str] = "bench.gp_oracle.likelihood"
@@ -96,24 +96,30 @@ def _exact_field(model: TrainedNDP, x: Tensor, mask: Tensor, context: Tensor | N
     """(y, t) → (u, ∇·u): velocity and the trace of its Jacobian over the flowing points
     ``mask`` (B, N) float, 0 at padded and context points; context (B, N) bool or None.
 
-    The task is copied once per point (B·N network rows); copy i back-propagates ``u_i`` alone,
-    so one backward pass yields every diagonal entry ``∂u_i/∂y_i``. (``torch.func``'s
-    vmap(jacrev) computes the same, but attention has no batching rule and falls back to a loop.)
+    The task is copied once per flowing point (R = mask.sum() network rows); the copy of point
+    i back-propagates ``u_i`` alone, so one backward pass yields every diagonal entry
+    ``∂u_i/∂y_i``, and copy i's ``u_i`` is the velocity. Context and padded points get no copy:
+    a marginal's n + 1 points cost one row, not n + 1. (``torch.func``'s vmap(jacrev) computes
+    the same, but attention has no batching rule and falls back to a loop.)
     """
     b, n = mask.shape
-    x_rep = x[:, None].expand(b, n, *x.shape[1:]).reshape(b * n, *x.shape[1:])
+    task, point = torch.nonzero(mask.bool(), as_tuple=True)  # (R,) each: a row's task and point
     valid = mask.bool() if context is None else mask.bool() | context
-    mask_rep = valid[:, None].expand(b, n, n).reshape(b * n, n)
-    ctx_rep = _context_args(None if context is None else context[:, None].expand(b, n, n).reshape(b * n, n))
-    eye = torch.eye(n, device=mask.device)
+    x_rep, mask_rep = x[task], valid[task]
+    ctx_rep = _context_args(None if context is None else context[task])
+    pick = torch.nn.functional.one_hot(point, n).float()  # (R, N): the row's own point
 
     def field(y: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            y_rep = y[:, None].expand(b, n, n).reshape(b * n, n).detach().requires_grad_(True)
-            u = model.net(x_rep, y_rep, torch.full((b * n,), t, device=y.device), mask_rep, *ctx_rep).float().view(b, n, n)
-            (grad,) = torch.autograd.grad(u, y_rep, grad_outputs=eye.expand(b, n, n))
-        diag = torch.diagonal(grad.view(b, n, n), dim1=1, dim2=2)
-        return torch.diagonal(u.detach(), dim1=1, dim2=2) * mask, (diag * mask).sum(-1)
+        u_out = torch.zeros(b, n, device=y.device)
+        div = torch.zeros(b, device=y.device)
+        if len(task):
+            with torch.enable_grad():
+                y_rep = y[task].detach().requires_grad_(True)
+                u = model.net(x_rep, y_rep, torch.full((len(task),), t, device=y.device), mask_rep, *ctx_rep).float()
+                (grad,) = torch.autograd.grad(u, y_rep, grad_outputs=pick)
+            u_out[task, point] = u.detach()[torch.arange(len(task)), point]
+            div.index_add_(0, task, grad[torch.arange(len(task)), point])
+        return u_out, div
 
     return field
 
@@ -164,8 +170,8 @@ def log_density(
     context (T, N) bool: valid points given to a network with context tokens, fixed (None: no
     context, the joint). generator: CPU generator for the Hutchinson probes. Returns (T,)
     float64: ``log p(y_valid)`` or, with context, ``log p(y_other | y_context)``. Cost per task:
-    4·steps velocity evaluations, each N network rows with a backward pass (exact) or one row
-    with ``probes`` backward passes (Hutchinson).
+    4·steps velocity evaluations, each one network row per flowing (non-context, valid) point
+    with a backward pass (exact) or one row with ``probes`` backward passes (Hutchinson).
     """
     dev = model.device
     x, y = (a.float().to(dev) if isinstance(a, Tensor) else torch.from_numpy(np.array(a, dtype=np.float32)).to(dev) for a in (x, y))
@@ -183,7 +189,9 @@ def log_density(
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     eps = (2.0 * torch.randint(0, 2, (cfg.probes, n_tasks, n), generator=gen) - 1.0).to(dev) * maskf
 
-    chunk = max(1, cfg.batch_size // max(n, 1)) if cfg.divergence == "exact" else cfg.batch_size
+    # exact: one network row per flowing point, at most batch_size rows per evaluation
+    rows = int(mask.sum(-1).max()) if n_tasks else 1
+    chunk = max(1, cfg.batch_size // max(rows, 1)) if cfg.divergence == "exact" else cfg.batch_size
     out = np.empty(n_tasks)
     for lo in range(0, n_tasks, chunk):
         sl = slice(lo, min(lo + chunk, n_tasks))
@@ -256,8 +264,9 @@ def marginal_log_likelihood(
     ``log p(ctx ∪ {i}) − log p(ctx)``, by ``conditioning`` as in :func:`conditional_log_likelihood`.
 
     One ODE density per (task, target) on n + 1 points (shapes as in
-    :func:`conditional_log_likelihood`); NaN at padded targets. Cost ≈ m ODE solves of n + 1
-    points per task, comparable with the joint's one solve of n + m points.
+    :func:`conditional_log_likelihood`); NaN at padded targets. Cost: m ODE solves per task,
+    each one network row per evaluation with context tokens (only the target flows), n + 1
+    rows plus the context's own solve by the joint ratio.
     """
     n_tasks, n = np.shape(y_ctx)
     m = np.shape(y_tgt)[1]

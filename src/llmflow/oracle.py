@@ -203,8 +203,8 @@ def gp_optimum_scores(tasks: GPTasks) -> Scores:
 def ndp_exact_scores(model: TrainedNDP, tasks: GPTasks, cfg: LikelihoodConfig, marginals: bool = True,
                      conditioning: str = SamplerConfig.conditioning) -> Scores:
     """The NDP's exact conditional by the probability-flow ODE — the one the sampler's
-    ``conditioning`` draws from: joint and (optionally, about as costly again) marginal NLL; no
-    CRPS."""
+    ``conditioning`` draws from: joint and (optionally) marginal NLL; no CRPS. With context
+    tokens each marginal is a one-row ODE solve, a small part of the joint's cost."""
     args = (model, tasks.x_ctx, tasks.y_ctx, tasks.x_tgt, tasks.y_tgt, tasks.ctx_mask, tasks.tgt_mask, cfg, None, conditioning)
     ll = conditional_log_likelihood(*args)
     nll = -np.nanmean(marginal_log_likelihood(*args), axis=1) if marginals else np.full(len(tasks), np.nan)
