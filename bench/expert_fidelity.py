@@ -92,7 +92,7 @@ def main() -> None:
         kept, coarse, invalid, nodes, secs, ratios = [], [], [], [], [], []
         for j in range(min(args.targets, len(tp.prompts))):
             t0 = time.perf_counter()
-            bins = expert.target_bins(model, tok, tp, j, cfg)
+            bins = expert.target_bins(model, tok, [(tp, j)], cfg)[0]
             secs.append(time.perf_counter() - t0)
             ids = torch.tensor([tok(tp.prompts[j])["input_ids"]])
             t0 = time.perf_counter()

@@ -146,6 +146,14 @@ def test_seeds_and_batching(gemma, tokenizer):
     q = draw(1, 2, "query")
     np.testing.assert_array_equal(q, draw(1, 2, "query"))
     assert np.isfinite(q).any()
+    # nor on the tasks drawn beside it (other prompts, targets and text; their own seeds)
+    other = _task(2, text="y is small.").assign(y_context=("context", np.array([3.5, 0.25, 1.0])))
+    sampler = allmp.AllmpConfig(n_samples=3, max_retries=100)
+    both = allmp.sample_allmp_tasks(gemma, tokenizer, [other, task], cfg, sampler, "g", [4, 1], progress=False)
+    np.testing.assert_array_equal(both[1]["y"].values, a)
+    alone = allmp.sample_allmp(gemma, tokenizer, other, cfg, sampler, "g", 4, progress=False)
+    np.testing.assert_array_equal(both[0]["y"].values, alone["y"].values)
+    assert both[0]["y"].shape == (3, 2) and not np.array_equal(both[0]["y"].values, a[:, :2])
 
 
 def test_order_is_checked():

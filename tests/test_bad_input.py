@@ -159,7 +159,7 @@ def test_llm_without_a_number_names_task_and_target(smollm2_dir: Path, pristine:
     cfg = ExpertConfig.from_config({"restricted": False})
     out, cache = tmp_path / "expert/user-temperature.zarr", tmp_path / "expert/.cache"
     with pytest.raises(ValueError) as info:
-        run_cached([str(task_path)], [str(out)], {}, lambda t: task_expert(liar, tokenizer, t, cfg, "liar", progress=False), cache)
+        run_cached([str(task_path)], [str(out)], {}, lambda ts: [task_expert(liar, tokenizer, t, cfg, "liar", progress=False) for t in ts], cache)
     assert str(info.value) == case["error"]
     assert not out.exists() and not list(cache.glob("*.zarr"))  # no partial output
 

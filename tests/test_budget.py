@@ -120,11 +120,21 @@ def test_long_user_task_is_caught_with_its_remedy(tmp_path: Path):
 def test_memory_bound_names_its_limit():
     config = _tiny_config()
     config["llm"]["memory_gb"] = 0.6  # SmolLM2's float32 weights alone are 0.54 GB
-    # The trie's prefixes share the prompt's one cache (no copy per row): I-LLMP fits whatever
-    # expert.batch_size; A-LLMP keeps a cache per sample and names its own remedy.
+    # The trie's prefixes share their prompt's cache (no copy per prefix), but each prompt of a
+    # batch has its own: I-LLMP names expert.prompts_per_forward; A-LLMP keeps a cache per
+    # sample and names its own remedy.
+    message = _failing(config, REPO)
+    assert message.startswith("config error: expert.prompts_per_forward: task ") and "I-LLMP prompts" in message
+    fit = int(message.split("lower expert.prompts_per_forward to at most ")[1].split()[0])
+    assert 1 <= fit < 32
+    config["expert"]["prompts_per_forward"] = fit + 1
+    assert "at most " + str(fit) in _failing(config, REPO)
+    config["expert"]["prompts_per_forward"] = 1  # (fit: the first task's; longer ones need fewer)
     message = _failing(config, REPO)
     assert message.startswith("config error: allmp.tasks: task ") and "A-LLMP prompts" in message
-    assert "more than llm.memory_gb (0.6 GB); " in message and "lower allmp.n_samples to at most 1" in message
+    assert "more than llm.memory_gb (0.6 GB); " in message and "lower allmp.tasks_per_forward to at most 1" in message
+    config["allmp"]["tasks_per_forward"] = 1
+    assert "lower allmp.n_samples to at most 1" in _failing(config, REPO)
     config["allmp"]["n_samples"] = 1
     config["expert"]["batch_size"] = 512
     check_prompt_lengths(config, base_dir=REPO)

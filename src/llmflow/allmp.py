@@ -48,7 +48,8 @@ ORDERS = ("append", "query")
 @dataclass(frozen=True)
 class AllmpConfig(Section):
     """Settings of the A-LLMP sampler (config section ``allmp``); ``tasks``: shell patterns of
-    the tasks it samples (:func:`llmflow.evaluate.allmp_tasks`)."""
+    the tasks it samples (:func:`llmflow.evaluate.allmp_tasks`); ``tasks_per_forward``: tasks
+    sampled side by side (:func:`sample_allmp_tasks`)."""
 
     KEY: ClassVar[str] = "allmp"
     n_samples: int = 10
@@ -57,10 +58,11 @@ class AllmpConfig(Section):
     max_retries: int = 10
     tasks: tuple[str, ...] = ("*",)
     order: str = "append"
+    tasks_per_forward: int = 4
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.n_samples < 1:
-            raise ValueError("allmp needs temperature > 0, 0 < top_p <= 1, n_samples >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.n_samples < 1 or self.tasks_per_forward < 1:
+            raise ValueError("allmp needs temperature > 0, 0 < top_p <= 1, n_samples >= 1, tasks_per_forward >= 1")
         if self.order not in ORDERS:
             raise ValueError(f"allmp.order must be one of {', '.join(ORDERS)}, got {self.order!r}")
 
@@ -382,86 +384,114 @@ def sample_allmp(model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, c
 
     Prompts follow ``expert_cfg`` (style, decimals, rescaling), so A-LLMP and I-LLMP read the
     same lines; ``cfg.order`` decides their order (see the module doc). ``n_invalid (sample)``
-    counts redrawn strings. ``seed``: the root of the samples' random streams.
+    counts redrawn strings. ``seed``: the root of the samples' random streams. Raises
+    ValueError (naming the task and target) when no sample drew a valid number at a target.
+    Several tasks at once: :func:`sample_allmp_tasks`.
     """
+    return sample_allmp_tasks(model, tokenizer, [task], expert_cfg, cfg, model_name, [seed], progress)[0]
+
+
+def sample_allmp_tasks(model, tokenizer, tasks: Sequence[xr.Dataset], expert_cfg: ExpertConfig,
+                       cfg: AllmpConfig, model_name: str, seeds: Sequence[int],
+                       progress: bool = True) -> list[xr.Dataset]:
+    """:func:`sample_allmp` of each of ``tasks`` (``seeds[i]`` the root of task i's streams),
+    their samples' chains run side by side: each forward serves the rows of every task that
+    waits for one, so on a CPU the weights are read once for all of them. A task's samples
+    are those it gets alone (each sample keeps its own random stream and cache)."""
     from tqdm.auto import tqdm
 
-    style = expert_cfg.prompt_style()
-    x_c = np.asarray(task["x_context"].values, dtype=float)
-    y_c = np.asarray(task["y_context"].values, dtype=float)
-    x_t = np.asarray(task["x_target"].values, dtype=float)
-    expert.check_context(x_c, y_c, x_t)
-    scale, shift = expert.affine_for(y_c, expert_cfg)
-    y_llm = expert.to_llm_units(y_c, scale, shift)
-    max_int = expert_cfg.max_int_digits or expert.default_int_digits(y_llm)
-    text = expert.prepare_text(str(task.attrs.get("text", "")), style, scale, shift)
-    chat = expert.chat_wrapper(tokenizer) if style.chat else None
-    sliced = style.restricted and expert.rows_only(model)
-    append = cfg.order == "append"
-    if append:  # context in ascending x (first coordinate first), every point: the prompt grows
-        style = dataclasses.replace(style, order="fixed", max_context=None)
-        ascending = np.lexsort(x_c.reshape(len(x_c), -1).T[::-1])
-        x_c, y_llm = x_c[ascending], y_llm[ascending]
+    bar = tqdm(total=cfg.n_samples * sum(t.sizes["target"] for t in tasks),
+               desc=f"a-llmp {', '.join(str(t.attrs.get('name', '')) for t in tasks)}", disable=not progress)
+    with torch.inference_mode():
+        draws = [_TaskDraws(model, tokenizer, task, expert_cfg, cfg, bar) for task in tasks]
+        _run(model, [chain for d, seed in zip(draws, seeds) for chain in d.chains(seed)])
+    bar.close()
+    return [d.dataset(model_name, seed) for d, seed in zip(draws, seeds)]
 
-    def encode(text: str) -> list[int]:
-        return list(tokenizer(text)["input_ids"])
 
-    y = np.full((cfg.n_samples, len(x_t)), np.nan)
-    n_invalid = np.zeros(cfg.n_samples, dtype=np.int64)
-    bar = tqdm(total=cfg.n_samples * len(x_t), desc=f"a-llmp {task.attrs.get('name', '')}",
-               disable=not progress)
+class _TaskDraws:
+    """One task's A-LLMP state: its prompt settings, the samples' chains and their draws."""
 
-    def chain(i: int, rng: np.random.Generator, start: _Kv | None
-              ) -> Generator[Request | None, Reply | None, None]:
+    def __init__(self, model, tokenizer, task: xr.Dataset, expert_cfg: ExpertConfig, cfg: AllmpConfig, bar) -> None:
+        self.task, self.expert_cfg, self.cfg, self.tokenizer, self.bar = task, expert_cfg, cfg, tokenizer, bar
+        style = expert_cfg.prompt_style()
+        x_c = np.asarray(task["x_context"].values, dtype=float)
+        y_c = np.asarray(task["y_context"].values, dtype=float)
+        self.x_t = np.asarray(task["x_target"].values, dtype=float)
+        expert.check_context(x_c, y_c, self.x_t)
+        self.scale, self.shift = expert.affine_for(y_c, expert_cfg)
+        y_llm = expert.to_llm_units(y_c, self.scale, self.shift)
+        self.max_int = expert_cfg.max_int_digits or expert.default_int_digits(y_llm)
+        self.text = expert.prepare_text(str(task.attrs.get("text", "")), style, self.scale, self.shift)
+        self.chat = expert.chat_wrapper(tokenizer) if style.chat else None
+        self.sliced = style.restricted and expert.rows_only(model)
+        self.append = cfg.order == "append"
+        if self.append:  # context in ascending x (first coordinate first), every point: the prompt grows
+            style = dataclasses.replace(style, order="fixed", max_context=None)
+            ascending = np.lexsort(x_c.reshape(len(x_c), -1).T[::-1])
+            x_c, y_llm = x_c[ascending], y_llm[ascending]
+        self.style, self.x_c, self.y_llm = style, x_c, y_llm
+        self.y = np.full((cfg.n_samples, len(self.x_t)), np.nan)
+        self.n_invalid = np.zeros(cfg.n_samples, dtype=np.int64)
+        self.start = None
+        if self.append:  # every sample starts from the context lines
+            head = self.encode(expert.prompt_parts(x_c, y_llm, self.x_t[0], self.text, style, self.chat)[0])
+            self.start = _forward(model, [(None, tuple(head), 1, None)], _Workspace())[0][0] if head else None
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def chains(self, seed: int) -> list[Generator[Request | None, Reply | None, None]]:
+        """One chain per sample, each with its own random stream from ``seed``."""
+        seeds = np.random.SeedSequence(seed).spawn(self.cfg.n_samples)
+        return [self.chain(i, np.random.default_rng(s)) for i, s in enumerate(seeds)]
+
+    def chain(self, i: int, rng: np.random.Generator) -> Generator[Request | None, Reply | None, None]:
         """Sample i. append: ``ids`` are the prompt's tokens up to its last data line, ``kv``
         holds all of them or all but the last (which the next draw runs); query: both stay
         empty and every draw runs its whole prompt."""
-        xs, ys = list(x_c), list(y_llm)
-        kv = start
-        ids = list(start.ids) if start is not None else []
-        for j in rng.permutation(len(x_t)):
-            head, query = expert.prompt_parts(np.array(xs), np.array(ys), x_t[j], text, style, chat)
-            tokens = expert.number_tokens(tokenizer, head + query, style.lead, style.terminator)
+        style, cfg = self.style, self.cfg
+        xs, ys = list(self.x_c), list(self.y_llm)
+        kv = self.start
+        ids = list(kv.ids) if kv is not None else []
+        for j in rng.permutation(len(self.x_t)):
+            head, query = expert.prompt_parts(np.array(xs), np.array(ys), self.x_t[j], self.text, style, self.chat)
+            tokens = expert.number_tokens(self.tokenizer, head + query, style.lead, style.terminator)
             shared = tokens.shared_ids
             if list(shared[:len(ids)]) != ids:
                 raise ValueError("the tokenizer merges a data line with the query; use allmp.order: query")
-            tree = _Tree(kv, shared[kv.n if kv is not None else 0:], tokens.vocab, style.restricted, sliced)
-            s, bad = yield from _draw_number(tree, tokens, style.decimals, max_int,
-                                             expert_cfg.allow_negative, cfg, rng)
-            n_invalid[i] += bad
-            bar.update()
+            tree = _Tree(kv, shared[kv.n if kv is not None else 0:], tokens.vocab, style.restricted, self.sliced)
+            s, bad = yield from _draw_number(tree, tokens, style.decimals, self.max_int,
+                                             self.expert_cfg.allow_negative, cfg, rng)
+            self.n_invalid[i] += bad
+            self.bar.update()
             if s is not None:
                 value = rng.uniform(*expert.number_interval(s, style.decimals, style.rounding))
-                y[i, j] = value * scale + shift
-                xs.append(x_t[j])
+                self.y[i, j] = value * self.scale + self.shift
+                xs.append(self.x_t[j])
                 ys.append(value)
-                if append:
-                    head = expert.prompt_parts(np.array(xs), np.array(ys), x_t[j], text, style, chat)[0]
-                    kv, ids = yield from _grow(tree, tokens, s, ids, encode(head))
+                if self.append:
+                    head = expert.prompt_parts(np.array(xs), np.array(ys), self.x_t[j], self.text, style, self.chat)[0]
+                    kv, ids = yield from _grow(tree, tokens, s, ids, self.encode(head))
             yield None  # wait for the other samples
 
-    seeds = np.random.SeedSequence(seed).spawn(cfg.n_samples)
-    with torch.inference_mode():
-        start = None
-        if append:  # every sample starts from the context lines
-            head = encode(expert.prompt_parts(x_c, y_llm, x_t[0], text, style, chat)[0])
-            start = _forward(model, [(None, tuple(head), 1, None)], _Workspace())[0][0] if head else None
-        _run(model, [chain(i, np.random.default_rng(seed), start) for i, seed in enumerate(seeds)])
-    bar.close()
-    never = np.flatnonzero(np.isnan(y).all(axis=0))
-    if len(never):  # one invalid draw leaves a NaN sample; no valid draw at all is an error
-        j = int(never[0])
-        raise ValueError(
-            f"task {task.attrs.get('name', '')!r}, target {j} (x = {', '.join(f'{v:g}' for v in x_t[j])}): "
-            f"the LLM gave no valid number in {cfg.max_retries + 1} draws for any of {cfg.n_samples} samples")
-    return xr.Dataset(
-        {
-            "y": (("sample", "target"), y),
-            "x_target": (("target", "x_dim"), x_t),
-            "n_invalid": (("sample",), n_invalid),
-        },
-        attrs={"task": str(task.attrs.get("name", "")), "method": "a-llmp", "model": model_name,
-               "style": style.name, "decimals": style.decimals, "temperature": cfg.temperature,
-               "top_p": cfg.top_p, "max_retries": cfg.max_retries, "seed": seed,
-               "order": cfg.order, "scale": scale, "shift": shift},
-    )
+    def dataset(self, model_name: str, seed: int) -> xr.Dataset:
+        """The samples as a Dataset; ValueError where a target never got a valid number."""
+        name, cfg, style = self.task.attrs.get("name", ""), self.cfg, self.style
+        never = np.flatnonzero(np.isnan(self.y).all(axis=0))
+        if len(never):  # one invalid draw leaves a NaN sample; no valid draw at all is an error
+            j = int(never[0])
+            raise ValueError(
+                f"task {name!r}, target {j} (x = {', '.join(f'{v:g}' for v in self.x_t[j])}): "
+                f"the LLM gave no valid number in {cfg.max_retries + 1} draws for any of {cfg.n_samples} samples")
+        return xr.Dataset(
+            {
+                "y": (("sample", "target"), self.y),
+                "x_target": (("target", "x_dim"), self.x_t),
+                "n_invalid": (("sample",), self.n_invalid),
+            },
+            attrs={"task": str(name), "method": "a-llmp", "model": model_name,
+                   "style": style.name, "decimals": style.decimals, "temperature": cfg.temperature,
+                   "top_p": cfg.top_p, "max_retries": cfg.max_retries, "seed": seed,
+                   "order": cfg.order, "scale": self.scale, "shift": self.shift},
+        )

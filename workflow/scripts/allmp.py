@@ -1,6 +1,6 @@
 """Rule `allmp`: A-LLMP autoregressive samples for every task of one shard (wildcard `shard`)."""
 
-from llmflow.allmp import AllmpConfig, sample_allmp
+from llmflow.allmp import AllmpConfig, sample_allmp_tasks
 from llmflow.device import choose_device
 from llmflow.expert import ExpertConfig, run_cached
 from llmflow.llm import LLMConfig, load_model, model_label
@@ -16,16 +16,19 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     name = model_label(llm_cfg.model)
     log.info("model %s on %s, writing %s", name, device, " ".join(snakemake.params.stores))
 
-    def sample(task):
+    def sample(tasks):
         # A seed per task (root seed + task name), so shards may be regrouped freely.
-        return sample_allmp(model, tokenizer, task, expert_cfg, cfg, name, task_seed(snakemake.params.seed, task.attrs["name"]))
+        seeds = [task_seed(snakemake.params.seed, task.attrs["name"]) for task in tasks]
+        return sample_allmp_tasks(model, tokenizer, tasks, expert_cfg, cfg, name, seeds)
 
     run_cached(
         snakemake.input.tasks,
         snakemake.params.stores,
         {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert,
-         "allmp": snakemake.params.allmp, "seed": snakemake.params.seed},
+         "allmp": {k: v for k, v in snakemake.params.allmp.items() if k != "tasks_per_forward"},
+         "seed": snakemake.params.seed},
         sample,
         snakemake.params.cache,
         log,
+        group=cfg.tasks_per_forward,
     )

@@ -15,7 +15,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
         snakemake.input.tasks,
         snakemake.params.stores,
         {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert},
-        lambda task: task_expert(model, tokenizer, task, cfg, name),
+        lambda tasks: [task_expert(model, tokenizer, task, cfg, name) for task in tasks],
         snakemake.params.cache,
         log,
     )

@@ -6,11 +6,13 @@ byte-level BPE or byte-fallback token covers at least one byte); with digits one
 bound is tight for the data lines that make a prompt long (``x, y`` lines: one token per byte;
 ``x = …, y = …`` lines: ~0.87).
 
-Memory is dominated by the KV cache. The digit trie keeps one cache, the prompt's plus one
-position per expanded prefix (``lm.TokenTree``: tree attention, the prompt is never copied);
-A-LLMP keeps a cache per sample plus a batched copy (measured with SmolLM2 at a 2,000-token
-prompt: +5.7 GB for 64 rows). So need ≈ weights + (rows + 1) · KV bytes per token · tokens, with
-no rows for the trie. The numbers themselves are checked here too (``task.llm_numbers``): a
+Memory is dominated by the KV cache. The digit trie keeps one cache per prompt of a batch
+(``expert.prompts_per_forward`` of them), the prompt's plus one position per expanded prefix
+(``lm.TokenTree``: tree attention, the prompt is never copied); A-LLMP keeps a cache per sample
+plus a batched copy, for every task drawn side by side (``allmp.tasks_per_forward``; measured
+with SmolLM2 at a 2,000-token prompt: +5.7 GB for 64 rows). So
+need ≈ weights + (rows + 1) · KV bytes per token · tokens, with prompts_per_forward − 1 rows for
+the trie. The numbers themselves are checked here too (``task.llm_numbers``): a
 context the LLM cannot read stops the run before any job.
 """
 
@@ -181,10 +183,12 @@ def check_prompt_lengths(config: dict[str, Any], base_dir: Path = Path(".")) -> 
 
     for name in names:
         task = build_task(name, config, base_dir)
-        stages = [("I-LLMP", cfg, 0, 0)]
+        stages = [("I-LLMP", cfg, cfg.prompts_per_forward - 1, 0)]
         if name in sampled:  # the prompt of the last draw: every other target drawn before it
+            # a cache per sample and a batched copy, for each task drawn side by side with it
+            rows = 2 * config["allmp"]["n_samples"] * config["allmp"]["tasks_per_forward"]
             stages.append(("A-LLMP", dataclasses.replace(cfg, max_context=None) if append else cfg,
-                           2 * config["allmp"]["n_samples"], len(task.x_target) - 1))
+                           rows, len(task.x_target) - 1))
         for stage, stage_cfg, rows, extra in stages:
             try:
                 tokens, by_lines = longest_prompt_tokens(task.x_context, task.y_context, task.x_target,
@@ -208,16 +212,22 @@ def check_prompt_lengths(config: dict[str, Any], base_dir: Path = Path(".")) -> 
             elif fit:
                 fixes.append(f"set expert.max_context to at most {fit} (the nearest points per target)")
             if tokens <= shape.window:  # short enough: fewer rows on its cache may fit
-                r = max((r for r in range(rows, 0, -1) if shape.memory(tokens, r, dtype_bytes) <= limit),
-                        default=0)
-                if stage == "I-LLMP" and r:
-                    fixes.append(f"lower expert.batch_size to at most {r}")
-                elif r // 2:
-                    fixes.append(f"lower allmp.n_samples to at most {r // 2}")
+                r = max((r for r in range(rows, -1, -1) if shape.memory(tokens, r, dtype_bytes) <= limit),
+                        default=-1)
+                if stage == "I-LLMP" and r >= 0:
+                    fixes.append(f"lower expert.prompts_per_forward to at most {r + 1}")
+                elif stage == "A-LLMP":
+                    side_by_side, samples = config["allmp"]["tasks_per_forward"], config["allmp"]["n_samples"]
+                    if side_by_side > 1 and r // (2 * samples) > 0:
+                        fixes.append(f"lower allmp.tasks_per_forward to at most {r // (2 * samples)}")
+                    elif r // 2 > 0:
+                        alone = " with allmp.tasks_per_forward: 1" if side_by_side > 1 else ""
+                        fixes.append(f"lower allmp.n_samples to at most {r // 2}{alone}")
             if stage == "A-LLMP":
                 fixes.append("leave the task out of allmp.tasks")
             if not fixes:
                 fixes.append(f"use a model with a longer window or more memory than {model}")
-            key = "allmp.tasks" if stage == "A-LLMP" else "expert.max_context"
+            key = ("allmp.tasks" if stage == "A-LLMP" else
+                   "expert.max_context" if tokens > shape.window else "expert.prompts_per_forward")
             raise ConfigError(f"config error: {key}: task {name!r}: {stage} prompts of up to "
                               f"~{tokens:,} tokens ({lines} data lines), {what}; {' or '.join(fixes)}")

@@ -87,21 +87,24 @@ def vocab_logprobs(logits: torch.Tensor, vocab: torch.Tensor, restricted: bool, 
 
 
 class TokenTree:
-    """KV cache of a prompt and of every token path expanded after it, in one sequence.
+    """KV cache of R prompts and of every token path expanded after each, in one batch.
 
-    Tree attention: the prompt (``shared_ids``, P tokens) is run once; each :meth:`extend` call
-    appends one token for each of B nodes to the same batch-1 cache, and an explicit mask lets
-    node i attend to the prompt, its ancestors and itself only, at the position it would have
-    in its own sequence (P + depth - 1). A node's logits are therefore exactly those of
-    ``prompt + its token path`` run alone, while the prompt's keys and values are never
-    copied (copying them once per row cost more than the rows' own compute). Sliding-window
+    Tree attention: the prompts (``prompts[r]``, P_r tokens, right-padded to the longest) run
+    once, one per batch row; each :meth:`extend` call appends to every row the tokens of that
+    row's new nodes (padded to the call's widest row), and an explicit mask lets node i of row
+    r attend to prompt r, its ancestors and itself only, at the position it would have in its
+    own sequence (P_r + depth - 1). A node's logits are therefore exactly those of ``prompt +
+    its token path`` run alone, while no prompt's keys and values are ever copied; the rows
+    share each forward, so the model's weights are read once per call for all R prompts (on a
+    CPU a forward of a few tokens costs about as much as one of one token). Sliding-window
     layers (Gemma-3) get the window applied by position in their own mask.
 
-    Nodes are numbered 0, 1, ... in the order they were added; ``None`` is the prompt's end.
-    ``root``: log-probabilities (len(vocab),) of the first token after the prompt.
+    Nodes are numbered 0, 1, ... per row in the order they were added; ``None`` is the prompt's
+    end. ``root``: log-probabilities (R, len(vocab)) of the first token after each prompt;
+    ``n_positions[r]``: token positions row r has evaluated (its prompt and nodes, no padding).
     """
 
-    def __init__(self, model, shared_ids: Sequence[int], vocab: Sequence[int], restricted: bool) -> None:
+    def __init__(self, model, prompts: Sequence[Sequence[int]], vocab: Sequence[int], restricted: bool) -> None:
         from transformers import DynamicCache
 
         self.model, self.restricted = model, restricted
@@ -113,55 +116,75 @@ class TokenTree:
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         types = list(getattr(config, "layer_types", None) or [])
         self.window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
-        self.n_prompt = len(shared_ids)
+        device = model.device
+        self.n_prompt = [len(p) for p in prompts]
+        width = max(self.n_prompt)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        self.prompt_slots = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)  # every node sees these
+        for r, p in enumerate(prompts):
+            ids[r, :len(p)] = torch.tensor(list(p), device=device)
+            self.prompt_slots[r, :len(p)] = True
+        self.k_pos = torch.arange(width, device=device).expand(len(prompts), width)  # position of each slot
         self.cache = DynamicCache()  # no config: plain layers, so no sliding layer drops prompt keys
-        self.positions: list[int] = []  # of each node
-        self.ancestors: list[list[int]] = []  # node slots each node attends to (itself last)
-        ids = torch.tensor([list(shared_ids)], device=model.device)
-        self.root = self._logprobs(self._forward(input_ids=ids)[-1:])[0]
-        self.n_positions = self.n_prompt
+        self.slots: list[list[int]] = [[] for _ in prompts]  # KV slot of each node, per row
+        self.positions: list[list[int]] = [[] for _ in prompts]  # position of each node
+        self.ancestors: list[list[list[int]]] = [[] for _ in prompts]  # slots each node attends to (itself last)
+        mask = None if self.prompt_slots.all() else self.prompt_slots
+        logits = self._forward(input_ids=ids, **({} if mask is None else {"attention_mask": mask.long()}))
+        last = torch.tensor(self.n_prompt, device=device) - 1
+        self.root = self._logprobs(logits[torch.arange(len(prompts), device=device), last])
+        self.n_positions = list(self.n_prompt)
 
     def _forward(self, **inputs: Any) -> torch.Tensor:
-        """Logits (B, V) or vocab-row logits (B, len(vocab)) at every input position of row 0."""
+        """Logits (R, n, V) or vocab-row logits (R, n, len(vocab)) at every input position."""
         if self.rows is None:
-            return self.model(**inputs, past_key_values=self.cache, use_cache=True).logits[0]
+            return self.model(**inputs, past_key_values=self.cache, use_cache=True).logits
         hidden = self.model.base_model(**inputs, past_key_values=self.cache, use_cache=True).last_hidden_state
-        return _row_logits(self.model, hidden[0], self.rows)
+        return _row_logits(self.model, hidden, self.rows)
 
     def _logprobs(self, logits: torch.Tensor) -> np.ndarray:
         return vocab_logprobs(logits, self.vocab, self.restricted, self.rows is not None)
 
-    def extend(self, parents: Sequence[int | None], tokens: Sequence[int]) -> tuple[list[int], np.ndarray]:
-        """Add node ``tokens[i]`` under ``parents[i]``: (new node ids, log-probs (B, len(vocab))
-        of the token after each new node)."""
-        n_old, b = len(self.positions), len(tokens)
-        device = self.model.device
-        new = list(range(n_old, n_old + b))
-        pos = []
-        for node, parent in zip(new, parents):
-            up = [] if parent is None else self.ancestors[parent]
-            self.ancestors.append([*up, node])
-            pos.append(self.n_prompt if parent is None else self.positions[parent] + 1)
-        self.positions.extend(pos)
-        kv = self.n_prompt + n_old + b
-        allowed = torch.zeros(b, kv, dtype=torch.bool, device=device)
-        allowed[:, : self.n_prompt] = True
-        for i, node in enumerate(new):
-            allowed[i, [self.n_prompt + a for a in self.ancestors[node]]] = True
-        q_pos = torch.tensor(pos, device=device)
-        k_pos = torch.cat([torch.arange(self.n_prompt, device=device),
-                           torch.tensor(self.positions, device=device, dtype=torch.long)])
+    def extend(self, parents: Sequence[Sequence[int | None]], tokens: Sequence[Sequence[int]]
+               ) -> list[tuple[list[int], np.ndarray]]:
+        """Add, in each row r, node ``tokens[r][i]`` under ``parents[r][i]`` (a node of an earlier
+        call or one listed before it). Per row: (new node ids, log-probs (len(tokens[r]),
+        len(vocab)) of the token after each new node)."""
+        n_rows, device = len(tokens), self.model.device
+        width = max(len(t) for t in tokens)
+        if width == 0:
+            return [([], np.zeros((0, len(self.vocab)))) for _ in tokens]
+        base = self.k_pos.shape[1]  # the slots this call writes: base .. base + width - 1
+        ids = torch.zeros(n_rows, width, dtype=torch.long, device=device)
+        q_pos = torch.zeros(n_rows, width, dtype=torch.long, device=device)
+        allowed = torch.zeros(n_rows, width, base + width, dtype=torch.bool, device=device)
+        allowed[:, :, :base] = self.prompt_slots[:, None, :]
+        new: list[list[int]] = []
+        for r, (row_parents, row_tokens) in enumerate(zip(parents, tokens)):
+            ids[r, :len(row_tokens)] = torch.tensor(list(row_tokens), dtype=torch.long, device=device)
+            new.append(list(range(len(self.slots[r]), len(self.slots[r]) + len(row_tokens))))
+            for i, parent in enumerate(row_parents):
+                up = [] if parent is None else self.ancestors[r][parent]
+                self.ancestors[r].append([*up, base + i])
+                self.slots[r].append(base + i)
+                self.positions[r].append(self.n_prompt[r] if parent is None else self.positions[r][parent] + 1)
+                q_pos[r, i] = self.positions[r][-1]
+                allowed[r, i, self.ancestors[r][-1]] = True
+            for i in range(len(row_tokens), width):  # padding attends to itself only; never read
+                allowed[r, i, base + i] = True
+            self.n_positions[r] += len(row_tokens)
+        self.prompt_slots = torch.cat([self.prompt_slots, torch.zeros_like(ids, dtype=torch.bool)], dim=1)
+        self.k_pos = torch.cat([self.k_pos, q_pos], dim=1)
         dtype = next(self.model.parameters()).dtype
 
         def additive(ok: torch.Tensor) -> torch.Tensor:  # eager and SDPA attention both take it
             mask = torch.zeros(ok.shape, dtype=dtype, device=device)
-            return mask.masked_fill(~ok, torch.finfo(dtype).min)[None, None]
+            return mask.masked_fill(~ok, torch.finfo(dtype).min)[:, None]
 
         mask: Any = additive(allowed)
         if self.window is not None:  # a model with sliding layers takes one mask per layer type
-            mask = {"full_attention": mask,
-                    "sliding_attention": additive(allowed & (k_pos[None] > q_pos[:, None] - self.window))}
-        logits = self._forward(input_ids=torch.tensor([list(tokens)], device=device),
-                               position_ids=q_pos[None], attention_mask=mask)
-        self.n_positions += b
-        return new, self._logprobs(logits)
+            near = self.k_pos[:, None, :] > q_pos[:, :, None] - self.window
+            mask = {"full_attention": mask, "sliding_attention": additive(allowed & near)}
+        logits = self._forward(input_ids=ids, position_ids=q_pos, attention_mask=mask)
+        lp = self._logprobs(logits.reshape(n_rows * width, -1)).reshape(n_rows, width, -1)
+        return [(new[r], lp[r, :len(t)]) for r, t in enumerate(tokens)]

@@ -18,7 +18,7 @@ from llmflow.config import Section
 from llmflow.expert.numbers import format_number, to_llm_units
 from llmflow.expert.prompt import (PromptStyle, build_prompt, chat_wrapper, check_context,
                                    prepare_text, prompt_style)
-from llmflow.expert.trie import TrieResult, binned_distribution
+from llmflow.expert.trie import TrieResult, binned_distributions
 from llmflow.io import write_zarr
 
 
@@ -34,6 +34,9 @@ class ExpertConfig(Section):
     ``shards``: how many jobs the workflow deals the tasks over (one model load each).
     ``loo_points``: context points held out one at a time and predicted from the rest
     (:func:`task_expert`), for the calibrated product (:mod:`llmflow.calibrate`).
+    ``prompts_per_forward``: prompts of a task (targets and held-out points) whose searches
+    share each forward (:func:`~llmflow.expert.trie.binned_distributions`); each keeps a KV
+    cache of its own, so memory grows with it (:mod:`llmflow.expert.budget`).
     """
 
     KEY: ClassVar[str] = "expert"
@@ -59,6 +62,7 @@ class ExpertConfig(Section):
     rescale_digits: int = 1
     batch_size: int = 64
     loo_points: int = 5
+    prompts_per_forward: int = 32
 
     def prompt_style(self) -> PromptStyle:
         return prompt_style(self.style, decimals=self.decimals, x_decimals=self.x_decimals,
@@ -179,14 +183,19 @@ def task_prompts(tokenizer, task: xr.Dataset, cfg: ExpertConfig) -> TaskPrompts:
     return TaskPrompts(style, prompts, truths, scale, shift, max_int)
 
 
-def target_bins(model, tokenizer, tp: TaskPrompts, j: int, cfg: ExpertConfig) -> TrieResult:
-    """The trie's bins of target j of ``tp`` (LLM units), with its truth's string scored."""
-    style = tp.style
-    return binned_distribution(
-        model, tokenizer, tp.prompts[j], style.decimals, lead=style.lead, threshold=cfg.threshold,
-        max_nodes=cfg.max_nodes, restricted=style.restricted, terminator=style.terminator,
-        max_int_digits=tp.max_int_digits, allow_negative=cfg.allow_negative, coarse=cfg.coarse,
-        rounding=style.rounding, batch_size=cfg.batch_size, truth=tp.truths[j])
+def target_bins(model, tokenizer, items: Sequence[tuple[TaskPrompts, int]], cfg: ExpertConfig,
+                done=None) -> list[TrieResult]:
+    """The trie's bins (LLM units) of target j of ``tp`` for each ``(tp, j)`` of ``items``, with
+    its truth's string scored; up to ``cfg.prompts_per_forward`` searches side by side. The
+    items share the prompt style. ``done``: called as each search finishes (a progress bar)."""
+    style = items[0][0].style
+    return binned_distributions(
+        model, tokenizer, [tp.prompts[j] for tp, j in items], style.decimals,
+        truths=[tp.truths[j] for tp, j in items], max_int_digits=[tp.max_int_digits for tp, _ in items],
+        prompts_per_forward=cfg.prompts_per_forward, lead=style.lead, terminator=style.terminator,
+        restricted=style.restricted, threshold=cfg.threshold, max_nodes=cfg.max_nodes,
+        allow_negative=cfg.allow_negative, coarse=cfg.coarse, rounding=style.rounding,
+        batch_size=cfg.batch_size, done=done)
 
 
 def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_name: str,
@@ -208,8 +217,11 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
     style, scale, shift = tp.style, tp.scale, tp.shift
     x_t = np.asarray(task["x_target"].values, dtype=float)
     y_t = np.asarray(task["y_target"].values, dtype=float)
-    results = [target_bins(model, tokenizer, tp, j, cfg)
-               for j in tqdm(range(len(x_t)), desc=f"expert {task.attrs.get('name', '')}", disable=not progress)]
+    held, loo_tps = loo_prompts(tokenizer, task, cfg)
+    items = [(tp, j) for j in range(len(x_t))] + [(one, 0) for one in loo_tps]
+    with tqdm(total=len(items), desc=f"expert {task.attrs.get('name', '')}", disable=not progress) as bar:
+        found = target_bins(model, tokenizer, items, cfg, done=bar.update)
+    results, loo_bins = found[:len(x_t)], found[len(x_t):]
 
     for j, b in enumerate(results):
         if not len(b.logp):  # no density to offer: stop here rather than write an empty one
@@ -241,7 +253,7 @@ def task_expert(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, model_nam
         "max_int_digits": tp.max_int_digits, "scale": scale, "shift": shift,
         "prompt_example": tp.prompts[0] if tp.prompts else "",
     }
-    loo = leave_one_out(model, tokenizer, task, cfg, progress) if cfg.loo_points else None
+    loo = loo_arrays(task, held, loo_tps, loo_bins) if cfg.loo_points else None
     per_target = {
         "lost_pruned": np.array([b.lost_pruned for b in results]),
         "lost_invalid": np.array([b.lost_invalid for b in results]),
@@ -265,32 +277,38 @@ def loo_indices(x_context: np.ndarray, k: int) -> np.ndarray:
     return np.unique(order[np.round(np.linspace(0, n - 1, min(k, n))).astype(int)])
 
 
-def leave_one_out(model, tokenizer, task: xr.Dataset, cfg: ExpertConfig, progress: bool = True) -> dict[str, np.ndarray]:
-    """The LLM's densities at ``cfg.loo_points`` held-out context points (:func:`loo_indices`),
-    each predicted from the others with the task's prompt settings, in data units: ``x`` (K, D),
-    ``y`` (K,), ``lower``, ``upper``, ``logp`` (K, B) padded like the targets' bins, ``nll`` (K,)
-    the held-out truth's exact NLL. The workflow stores them as the ``loo_*`` variables."""
-    from tqdm.auto import tqdm
-
+def loo_prompts(tokenizer, task: xr.Dataset, cfg: ExpertConfig) -> tuple[np.ndarray, list[TaskPrompts]]:
+    """(held-out context indices (K,), their prompts): each of ``cfg.loo_points`` context
+    points (:func:`loo_indices`) as the one target of the task without it, with the task's
+    prompt settings (its own rescaling of the remaining context)."""
     x_c = np.asarray(task["x_context"].values, dtype=float)
     y_c = np.asarray(task["y_context"].values, dtype=float)
     held = loo_indices(x_c, cfg.loo_points)
-    bins, scales = [], []
-    for i in tqdm(held, desc=f"expert {task.attrs.get('name', '')} (leave-one-out)", disable=not progress):
+    prompts = []
+    for i in held:
         keep = np.arange(len(x_c)) != i
         sub = xr.Dataset({"x_context": (("context", "x_dim"), x_c[keep]), "y_context": (("context",), y_c[keep]),
                           "x_target": (("target", "x_dim"), x_c[i:i + 1]), "y_target": (("target",), y_c[i:i + 1])},
                          attrs=task.attrs)
-        tp = task_prompts(tokenizer, sub, cfg)
-        bins.append(target_bins(model, tokenizer, tp, 0, cfg))
-        scales.append((tp.scale, tp.shift, 10.0 ** -tp.style.decimals))
+        prompts.append(task_prompts(tokenizer, sub, cfg))
+    return held, prompts
+
+
+def loo_arrays(task: xr.Dataset, held: np.ndarray, prompts: Sequence[TaskPrompts],
+               bins: Sequence[TrieResult]) -> dict[str, np.ndarray]:
+    """The LLM's densities at the held-out context points ``held`` (K,) from their prompts'
+    bins, in data units: ``x`` (K, D), ``y`` (K,), ``lower``, ``upper``, ``logp`` (K, B) padded
+    like the targets' bins, ``nll`` (K,) the held-out truth's exact NLL. The workflow stores
+    them as the ``loo_*`` variables."""
+    x_c = np.asarray(task["x_context"].values, dtype=float)
+    y_c = np.asarray(task["y_context"].values, dtype=float)
     n_bin = max((len(b.logp) for b in bins), default=0)
     lower, upper = np.full((len(bins), n_bin), np.nan), np.full((len(bins), n_bin), np.nan)
     logp = np.full((len(bins), n_bin), -np.inf)
-    for k, (b, (scale, shift, _)) in enumerate(zip(bins, scales)):
-        lower[k, :len(b.logp)], upper[k, :len(b.logp)] = b.lower * scale + shift, b.upper * scale + shift
+    for k, (b, tp) in enumerate(zip(bins, prompts)):
+        lower[k, :len(b.logp)], upper[k, :len(b.logp)] = b.lower * tp.scale + tp.shift, b.upper * tp.scale + tp.shift
         logp[k, :len(b.logp)] = b.logp
-    nll = np.array([-b.truth_logp + math.log(res * scale) for b, (scale, _, res) in zip(bins, scales)])
+    nll = np.array([-b.truth_logp + math.log(10.0 ** -tp.style.decimals * tp.scale) for b, tp in zip(bins, prompts)])
     return {"x": x_c[held], "y": y_c[held], "lower": lower, "upper": upper, "logp": logp, "nll": nll}
 
 
@@ -311,22 +329,32 @@ def fingerprint(task: xr.Dataset, settings: dict[str, Any]) -> str:
 
 
 def run_cached(task_paths: Sequence[str], out_paths: Sequence[str], settings: dict[str, Any],
-               compute, cache_dir: str | Path, log=None) -> None:
-    """For each task, write ``compute(task)`` to its output, reusing ``cache_dir`` results.
+               compute, cache_dir: str | Path, log=None, group: int = 1) -> None:
+    """For each task, write its result to its output, reusing ``cache_dir`` results.
 
-    Snakemake deletes all outputs of a job before rerunning it, so finished tasks are kept in
-    ``cache_dir`` under a fingerprint of (task data, settings) and copied out on a rerun: a
-    job killed half-way recomputes only the tasks it had not finished.
+    ``compute(tasks)``: the results (a list) of up to ``group`` tasks of one family (their
+    prompts alike in length) that have none cached, computed together. Snakemake deletes all
+    outputs of a job before rerunning it, so finished tasks are kept in ``cache_dir`` under a
+    fingerprint of (task data, settings) and copied out on a rerun: a job killed half-way
+    recomputes only the groups it had not finished.
     """
     cache_dir = Path(cache_dir)
-    for task_path, out_path in zip(task_paths, out_paths):
-        task = xr.open_zarr(task_path).load()
-        cached = cache_dir / f"{task.attrs.get('name', Path(task_path).stem)}-{fingerprint(task, settings)}.zarr"
-        if not cached.exists():
-            write_zarr(compute(task), cached)
-        elif log is not None:
-            log.info("reusing %s", cached)
+    tasks = [xr.open_zarr(path).load() for path in task_paths]
+    cached = [cache_dir / f"{task.attrs.get('name', Path(path).stem)}-{fingerprint(task, settings)}.zarr"
+              for task, path in zip(tasks, task_paths)]
+    missing = [i for i, c in enumerate(cached) if not c.exists()]
+    families: dict[str, list[int]] = {}
+    for i in missing:
+        families.setdefault(str(tasks[i].attrs.get("family", "")), []).append(i)
+    for family in families.values():
+        for lo in range(0, len(family), group):
+            members = family[lo:lo + group]
+            for i, result in zip(members, compute([tasks[i] for i in members]), strict=True):
+                write_zarr(result, cached[i])
+    for i, (out_path, c) in enumerate(zip(out_paths, cached)):
+        if log is not None and i not in missing:
+            log.info("reusing %s", c)
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        write_zarr(xr.open_zarr(cached).load(), out_path)
+        write_zarr(xr.open_zarr(c).load(), out_path)
         if log is not None:
             log.info("wrote %s", out_path)

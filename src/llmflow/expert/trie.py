@@ -22,21 +22,26 @@ own and is measured wherever a prefix is expanded.
 
 All prefixes live in one :class:`~llmflow.expert.lm.TokenTree` (the prompt's KV cache plus one
 token per expanded prefix, tree attention), so each batch of prefixes costs one forward of as
-many tokens and the prompt is never copied.
+many tokens and the prompt is never copied. The searches of several prompts (a task's targets)
+run side by side in one batched tree (:func:`binned_distributions`): on a CPU a forward of a
+few tokens costs about what one of a few dozen does (the weights are read once), so each step
+serves every prompt.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from llmflow.expert.lm import TokenTree
 from llmflow.expert.numbers import TERM, UNITS, allowed_units, prefix_intervals
-from llmflow.expert.tokens import number_tokens
+from llmflow.expert.tokens import NumberTokens, number_tokens
 
 
 @dataclass
@@ -122,85 +127,176 @@ def binned_distribution(
     scored without changing the bins).
 
     Returns ``TrieResult`` (edges in the prompt's number units, see ``prefix_intervals``), sorted by
-    edge, with ``exp(logp).sum() + lost_pruned + lost_invalid == 1``.
+    edge, with ``exp(logp).sum() + lost_pruned + lost_invalid == 1``. Several prompts at once:
+    :func:`binned_distributions`.
     """
+    return binned_distributions(
+        model, tokenizer, [prompt], decimals, lead=lead, threshold=threshold, max_nodes=max_nodes,
+        restricted=restricted, terminator=terminator, max_int_digits=max_int_digits,
+        allow_negative=allow_negative, coarse=coarse, rounding=rounding, batch_size=batch_size,
+        truths=[truth])[0]
+
+
+def binned_distributions(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    decimals: int,
+    *,
+    truths: Sequence[str | None] | None = None,
+    max_int_digits: int | Sequence[int] = 6,
+    prompts_per_forward: int | None = None,
+    lead: str = "",
+    terminator: str = "\n",
+    restricted: bool = True,
+    done: Callable[[], Any] | None = None,
+    **search: Any,
+) -> list[TrieResult]:
+    """:func:`binned_distribution` of each of ``prompts`` (``truths[i]`` scored after prompt i,
+    at most ``max_int_digits[i]`` integer digits, or one count for all), the searches run side
+    by side: up to ``prompts_per_forward`` prompts (None: all) share one batched
+    :class:`~llmflow.expert.lm.TokenTree`, and each forward extends every one of their tries,
+    so the model's weights are read once per step for all of them. Each result is the one its
+    prompt gets alone (the rows of a batch do not see each other). ``search``: the other
+    keyword arguments of :func:`binned_distribution` that steer the search (``threshold``,
+    ``max_nodes``, ``allow_negative``, ``coarse``, ``rounding``, ``batch_size``). ``done``:
+    called as each search finishes."""
     if decimals < 0:
         raise ValueError(f"decimals must be >= 0, got {decimals}")
-    tokens = number_tokens(tokenizer, prompt, lead, terminator)
+    truths = list(truths) if truths is not None else [None] * len(prompts)
+    digits = [max_int_digits] * len(prompts) if isinstance(max_int_digits, int) else list(max_int_digits)
+    tokens = [number_tokens(tokenizer, p, lead, terminator) for p in prompts]
+    groups: dict[tuple[int, ...], list[int]] = {}  # a batch shares the LM-head rows of its vocab
+    for i, t in enumerate(tokens):
+        groups.setdefault(t.vocab, []).append(i)
+    step = prompts_per_forward or len(prompts)
+    results: list[TrieResult | None] = [None] * len(prompts)
+    with torch.inference_mode():
+        for vocab, members in groups.items():
+            for lo in range(0, len(members), step):
+                batch = members[lo:lo + step]
+                tree = TokenTree(model, [tokens[i].shared_ids for i in batch], vocab, restricted)
+                searches = [_search(tokens[i], tree.root[r], tree.column, decimals, truth=truths[i],
+                                    max_int_digits=digits[i], **search) for r, i in enumerate(batch)]
+                for r, found in _run_side_by_side(tree, searches, done).items():
+                    found.n_positions = tree.n_positions[r]
+                    results[batch[r]] = found
+    return results  # type: ignore[return-value]
+
+
+Request = list[tuple[int, ...]]  # token paths to add to a trie, each after its parent path
+
+
+def _run_side_by_side(tree: TokenTree, searches: Sequence[Generator[Request, list[np.ndarray], TrieResult]],
+                      done: Callable[[], Any] | None = None) -> dict[int, TrieResult]:
+    """Drive the searches (one per row of ``tree``) to their ends; each forward answers every
+    search's pending request. A path's parent is a path of an earlier request or one listed
+    before it in the same request."""
+    node_of: list[dict[tuple[int, ...], int | None]] = [{(): None} for _ in searches]
+    pending: dict[int, Request] = {}
+    finished: dict[int, TrieResult] = {}
+
+    def advance(r: int, reply: list[np.ndarray] | None) -> None:
+        try:
+            pending[r] = searches[r].send(reply)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            finished[r] = stop.value
+            if done is not None:
+                done()
+
+    for r in range(len(searches)):
+        advance(r, None)
+    while pending:
+        parents: list[list[int | None]] = [[] for _ in searches]
+        ids: list[list[int]] = [[] for _ in searches]
+        for r, paths in pending.items():
+            first = len(tree.slots[r])
+            for k, path in enumerate(paths):
+                parents[r].append(node_of[r][path[:-1]])
+                ids[r].append(path[-1])
+                node_of[r][path] = first + k
+        replies = tree.extend(parents, ids)
+        asked, pending = pending, {}
+        for r in asked:
+            advance(r, list(replies[r][1]))
+    return finished
+
+
+def _search(
+    tokens: NumberTokens,
+    root: np.ndarray,
+    col: dict[int, int],
+    decimals: int,
+    *,
+    threshold: float = 1e-6,
+    max_nodes: int | None = None,
+    max_int_digits: int = 6,
+    allow_negative: bool = True,
+    coarse: bool = True,
+    rounding: str = "truncate",
+    batch_size: int = 64,
+    truth: str | None = None,
+) -> Generator[Request, list[np.ndarray], TrieResult]:
+    """The search of :func:`binned_distribution` after one prompt whose first-token
+    log-probabilities are ``root`` (len(vocab),), columns ``col``: it yields the token paths
+    it wants scored and receives their next-token rows. ``n_positions`` is left 0 (the
+    driver knows it)."""
     log_threshold = math.log(threshold) if threshold > 0 else -math.inf
     budget = math.inf if max_nodes is None else max_nodes
     bins: list[tuple[str, float, bool]] = []  # (string, logp, complete)
     lost_pruned = lost_invalid = 0.0
     rows: dict[str, np.ndarray] = {}  # next-unit log-probs (len(vocab),) of each expanded prefix
 
-    with torch.inference_mode():
-        tree = TokenTree(model, tokens.shared_ids, tokens.vocab, restricted)
-        col = tree.column
-        node_of: dict[tuple[int, ...], int | None] = {(): None}
+    # The first unit: the products along the lead paths (often two tokens, 'Ġ' '3').
+    row_of: dict[tuple[int, ...], np.ndarray] = {(): root}
+    inner = sorted({ids[:i] for ids in tokens.leads.values() for i in range(1, len(ids))}, key=len)
+    if inner:
+        row_of.update(zip(inner, (yield inner)))
 
-        def feed(paths: list[tuple[int, ...]]) -> list[np.ndarray]:
-            """Add each path's last token (its parent path already fed); their next-token rows."""
-            out: list[np.ndarray] = []
-            for i in range(0, len(paths), batch_size):
-                chunk = paths[i:i + batch_size]
-                ids, lp = tree.extend([node_of[p[:-1]] for p in chunk], [p[-1] for p in chunk])
-                node_of.update(zip(chunk, ids))
-                out.extend(lp)
-            return out
+    def lead_logp(u: str) -> float:
+        ids = tokens.leads[u]
+        return float(sum(row_of[ids[:i]][col[t]] for i, t in enumerate(ids)))
 
-        # The first unit: the products along the lead paths (often two tokens, 'Ġ' '3').
-        row_of: dict[tuple[int, ...], np.ndarray] = {(): tree.root}
-        inner = sorted({ids[:i] for ids in tokens.leads.values() for i in range(1, len(ids))}, key=len)
-        for depth in sorted({len(p) for p in inner}):
-            level = [p for p in inner if len(p) == depth]
-            row_of.update(zip(level, feed(level)))
+    def unit_lp(s: str, u: str) -> float:
+        return lead_logp(u) if not s else float(rows[s][col[tokens.unit_ids[UNITS.index(u)]]])
 
-        def lead_logp(u: str) -> float:
-            ids = tokens.leads[u]
-            return float(sum(row_of[ids[:i]][col[t]] for i, t in enumerate(ids)))
+    frontier: list[tuple[int, float, str]] = []  # heap of (class, -logp, prefix)
+    left: list[tuple[str, float]] = []  # prefixes below the threshold: never expanded
 
-        def unit_lp(s: str, u: str) -> float:
-            return lead_logp(u) if not s else float(rows[s][col[tokens.unit_ids[UNITS.index(u)]]])
+    def children(s: str, lp: float) -> None:
+        nonlocal lost_invalid
+        kept = 0.0
+        for u in allowed_units(s, decimals, max_int_digits, allow_negative):
+            child = lp + unit_lp(s, u)
+            kept += math.exp(child)
+            if child == -math.inf:  # no mass: no bin
+                continue
+            if u == TERM:
+                bins.append((s, child, True))
+            elif child < log_threshold:
+                left.append((s + u, child))
+            else:
+                heapq.heappush(frontier, (_expansion_class(s + u, decimals), -child, s + u))
+        lost_invalid += max(math.exp(lp) - kept, 0.0)
 
-        frontier: list[tuple[int, float, str]] = []  # heap of (class, -logp, prefix)
-        left: list[tuple[str, float]] = []  # prefixes below the threshold: never expanded
+    children("", 0.0)
+    n_expanded = 0
+    while frontier and n_expanded < budget:
+        batch = []
+        while frontier and len(batch) < batch_size and n_expanded + len(batch) < budget:
+            batch.append(heapq.heappop(frontier))
+        rows.update(zip([s for *_, s in batch], (yield [tuple(tokens.ids(s)) for *_, s in batch])))
+        n_expanded += len(batch)
+        for _, neg_lp, s in batch:
+            children(s, -neg_lp)
 
-        def children(s: str, lp: float) -> None:
-            nonlocal lost_invalid
-            kept = 0.0
-            for u in allowed_units(s, decimals, max_int_digits, allow_negative):
-                child = lp + unit_lp(s, u)
-                kept += math.exp(child)
-                if child == -math.inf:  # no mass: no bin
-                    continue
-                if u == TERM:
-                    bins.append((s, child, True))
-                elif child < log_threshold:
-                    left.append((s + u, child))
-                else:
-                    heapq.heappush(frontier, (_expansion_class(s + u, decimals), -child, s + u))
-            lost_invalid += max(math.exp(lp) - kept, 0.0)
-
-        children("", 0.0)
-        n_expanded = 0
-        while frontier and n_expanded < budget:
-            batch = []
-            while frontier and len(batch) < batch_size and n_expanded + len(batch) < budget:
-                batch.append(heapq.heappop(frontier))
-            rows.update(zip([s for *_, s in batch], feed([tuple(tokens.ids(s)) for *_, s in batch])))
-            n_expanded += len(batch)
-            for _, neg_lp, s in batch:
-                children(s, -neg_lp)
-
-        truth_logp = math.nan
-        if truth is not None:  # score the truth's own string; its prefixes add no bins
-            units = [*truth, TERM]
-            for k in range(1, len(units)):
-                s = truth[:k]
-                if s not in rows:
-                    rows[s] = feed([tuple(tokens.ids(s))])[0]
-            truth_logp = sum(unit_lp(truth[:k], u) for k, u in enumerate(units))
-        n_positions = tree.n_positions
+    truth_logp = math.nan
+    if truth is not None:  # score the truth's own string; its prefixes add no bins
+        units = [*truth, TERM]
+        missing = [truth[:k] for k in range(1, len(units)) if truth[:k] not in rows]
+        if missing:  # one request: each prefix after the one before it
+            rows.update(zip(missing, (yield [tuple(tokens.ids(s)) for s in missing])))
+        truth_logp = sum(unit_lp(truth[:k], u) for k, u in enumerate(units))
 
     mass_union = 0.0
     strings, lower, upper, logps, complete = [], [], [], [], []
@@ -225,7 +321,7 @@ def binned_distribution(
         complete=np.asarray(complete, dtype=bool)[order],
         lost_pruned=lost_pruned,
         lost_invalid=lost_invalid,
-        n_positions=n_positions,
+        n_positions=0,
         mass_union=mass_union,
         n_expanded=n_expanded,
         truth_logp=truth_logp,
