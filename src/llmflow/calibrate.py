@@ -10,7 +10,7 @@ Yao et al., 2018) lets the data decide how much of the expert to keep:
 
 where at a held-out context point (x_k, y_k) p is the NDP's leave-one-out predictive (a Gaussian
 fitted to its samples given the other points, mean m_k, std s_k) and q the LLM's leave-one-out
-binned density (:func:`llmflow.expert.task.leave_one_out`). The score of (λ, w) is the mean over
+binned density (:func:`llmflow.expert.task.loo_arrays`). The score of (λ, w) is the mean over
 the K held-out points of
 
     log π_{λ,w}(y_k) = log N(y_k; m_k, s_k²) + log q̃_{λ,w}(y_k) − log Z_k,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -184,7 +184,7 @@ def task_prompts(tokenizer, task: xr.Dataset, cfg: ExpertConfig) -> TaskPrompts:
 
 
 def target_bins(model, tokenizer, items: Sequence[tuple[TaskPrompts, int]], cfg: ExpertConfig,
-                done=None) -> list[TrieResult]:
+                done: Callable[[], Any] | None = None) -> list[TrieResult]:
     """The trie's bins (LLM units) of target j of ``tp`` for each ``(tp, j)`` of ``items``, with
     its truth's string scored; up to ``cfg.prompts_per_forward`` searches side by side. The
     items share the prompt style. ``done``: called as each search finishes (a progress bar)."""
