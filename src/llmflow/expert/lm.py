@@ -116,21 +116,23 @@ class TokenTree:
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         types = list(getattr(config, "layer_types", None) or [])
         self.window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
+        # The bookkeeping (which slots each node sees, their positions) stays on the CPU; only a
+        # forward's inputs and mask go to the model's device.
         device = model.device
         self.n_prompt = [len(p) for p in prompts]
         width = max(self.n_prompt)
-        ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-        self.prompt_slots = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)  # every node sees these
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        self.prompt_slots = torch.zeros(len(prompts), width, dtype=torch.bool)  # every node sees these
         for r, p in enumerate(prompts):
-            ids[r, :len(p)] = torch.tensor(list(p), device=device)
+            ids[r, :len(p)] = torch.tensor(list(p))
             self.prompt_slots[r, :len(p)] = True
-        self.k_pos = torch.arange(width, device=device).expand(len(prompts), width)  # position of each slot
+        self.k_pos = torch.arange(width).expand(len(prompts), width)  # position of each slot
         self.cache = DynamicCache()  # no config: plain layers, so no sliding layer drops prompt keys
         self.slots: list[list[int]] = [[] for _ in prompts]  # KV slot of each node, per row
         self.positions: list[list[int]] = [[] for _ in prompts]  # position of each node
         self.ancestors: list[list[list[int]]] = [[] for _ in prompts]  # slots each node attends to (itself last)
-        mask = None if self.prompt_slots.all() else self.prompt_slots
-        logits = self._forward(input_ids=ids, **({} if mask is None else {"attention_mask": mask.long()}))
+        mask = None if self.prompt_slots.all() else self.prompt_slots.long().to(device)
+        logits = self._forward(input_ids=ids.to(device), **({} if mask is None else {"attention_mask": mask}))
         last = torch.tensor(self.n_prompt, device=device) - 1
         self.root = self._logprobs(logits[torch.arange(len(prompts), device=device), last])
         self.n_positions = list(self.n_prompt)
@@ -155,13 +157,13 @@ class TokenTree:
         if width == 0:
             return [([], np.zeros((0, len(self.vocab)))) for _ in tokens]
         base = self.k_pos.shape[1]  # the slots this call writes: base .. base + width - 1
-        ids = torch.zeros(n_rows, width, dtype=torch.long, device=device)
-        q_pos = torch.zeros(n_rows, width, dtype=torch.long, device=device)
-        allowed = torch.zeros(n_rows, width, base + width, dtype=torch.bool, device=device)
+        ids = torch.zeros(n_rows, width, dtype=torch.long)
+        q_pos = torch.zeros(n_rows, width, dtype=torch.long)
+        allowed = torch.zeros(n_rows, width, base + width, dtype=torch.bool)
         allowed[:, :, :base] = self.prompt_slots[:, None, :]
         new: list[list[int]] = []
         for r, (row_parents, row_tokens) in enumerate(zip(parents, tokens)):
-            ids[r, :len(row_tokens)] = torch.tensor(list(row_tokens), dtype=torch.long, device=device)
+            ids[r, :len(row_tokens)] = torch.tensor(list(row_tokens), dtype=torch.long)
             new.append(list(range(len(self.slots[r]), len(self.slots[r]) + len(row_tokens))))
             for i, parent in enumerate(row_parents):
                 up = [] if parent is None else self.ancestors[r][parent]
@@ -178,13 +180,13 @@ class TokenTree:
         dtype = next(self.model.parameters()).dtype
 
         def additive(ok: torch.Tensor) -> torch.Tensor:  # eager and SDPA attention both take it
-            mask = torch.zeros(ok.shape, dtype=dtype, device=device)
-            return mask.masked_fill(~ok, torch.finfo(dtype).min)[:, None]
+            mask = torch.zeros(ok.shape, dtype=dtype)
+            return mask.masked_fill(~ok, torch.finfo(dtype).min)[:, None].to(device)
 
         mask: Any = additive(allowed)
         if self.window is not None:  # a model with sliding layers takes one mask per layer type
             near = self.k_pos[:, None, :] > q_pos[:, :, None] - self.window
             mask = {"full_attention": mask, "sliding_attention": additive(allowed & near)}
-        logits = self._forward(input_ids=ids, position_ids=q_pos, attention_mask=mask)
+        logits = self._forward(input_ids=ids.to(device), position_ids=q_pos.to(device), attention_mask=mask)
         lp = self._logprobs(logits.reshape(n_rows * width, -1)).reshape(n_rows, width, -1)
         return [(new[r], lp[r, :len(t)]) for r, t in enumerate(tokens)]
