@@ -108,6 +108,7 @@ def _exact_field(model: TrainedNDP, x: Tensor, mask: Tensor, context: Tensor | N
     x_rep, mask_rep = x[task], valid[task]
     ctx_rep = _context_args(None if context is None else context[task])
     pick = torch.nn.functional.one_hot(point, n).float()  # (R, N): the row's own point
+    row = torch.arange(len(task), device=mask.device)
 
     def field(y: Tensor, t: float) -> tuple[Tensor, Tensor]:
         u_out = torch.zeros(b, n, device=y.device)
@@ -117,8 +118,8 @@ def _exact_field(model: TrainedNDP, x: Tensor, mask: Tensor, context: Tensor | N
                 y_rep = y[task].detach().requires_grad_(True)
                 u = model.net(x_rep, y_rep, torch.full((len(task),), t, device=y.device), mask_rep, *ctx_rep).float()
                 (grad,) = torch.autograd.grad(u, y_rep, grad_outputs=pick)
-            u_out[task, point] = u.detach()[torch.arange(len(task)), point]
-            div.index_add_(0, task, grad[torch.arange(len(task)), point])
+            u_out[task, point] = u.detach()[row, point]
+            div.index_add_(0, task, grad[row, point])
         return u_out, div
 
     return field

@@ -186,9 +186,9 @@ def check_prompt_lengths(config: dict[str, Any], base_dir: Path = Path(".")) -> 
         stages = [("I-LLMP", cfg, cfg.prompts_per_forward - 1, 0)]
         if name in sampled:  # the prompt of the last draw: every other target drawn before it
             # a cache per sample and a batched copy, for each task drawn side by side with it
-            rows = 2 * config["allmp"]["n_samples"] * config["allmp"]["tasks_per_forward"]
+            sample_rows = 2 * config["allmp"]["n_samples"] * config["allmp"]["tasks_per_forward"]
             stages.append(("A-LLMP", dataclasses.replace(cfg, max_context=None) if append else cfg,
-                           rows, len(task.x_target) - 1))
+                           sample_rows, len(task.x_target) - 1))
         for stage, stage_cfg, rows, extra in stages:
             try:
                 tokens, by_lines = longest_prompt_tokens(task.x_context, task.y_context, task.x_target,

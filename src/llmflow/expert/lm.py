@@ -99,8 +99,8 @@ class TokenTree:
     CPU a forward of a few tokens costs about as much as one of one token). Sliding-window
     layers (Gemma-3) get the window applied by position in their own mask.
 
-    Nodes are numbered 0, 1, ... per row in the order they were added; ``None`` is the prompt's
-    end. ``root``: log-probabilities (R, len(vocab)) of the first token after each prompt;
+    Nodes are numbered 0, 1, ... per row in the order they were added (row r has
+    ``len(positions[r])``); ``None`` is the prompt's end. ``root``: log-probabilities (R, len(vocab)) of the first token after each prompt;
     ``n_positions[r]``: token positions row r has evaluated (its prompt and nodes, no padding).
     """
 
@@ -128,8 +128,7 @@ class TokenTree:
             self.prompt_slots[r, :len(p)] = True
         self.k_pos = torch.arange(width).expand(len(prompts), width)  # position of each slot
         self.cache = DynamicCache()  # no config: plain layers, so no sliding layer drops prompt keys
-        self.slots: list[list[int]] = [[] for _ in prompts]  # KV slot of each node, per row
-        self.positions: list[list[int]] = [[] for _ in prompts]  # position of each node
+        self.positions: list[list[int]] = [[] for _ in prompts]  # position of each node, per row
         self.ancestors: list[list[list[int]]] = [[] for _ in prompts]  # slots each node attends to (itself last)
         mask = None if self.prompt_slots.all() else self.prompt_slots.long().to(device)
         logits = self._forward(input_ids=ids.to(device), **({} if mask is None else {"attention_mask": mask}))
@@ -164,11 +163,10 @@ class TokenTree:
         new: list[list[int]] = []
         for r, (row_parents, row_tokens) in enumerate(zip(parents, tokens)):
             ids[r, :len(row_tokens)] = torch.tensor(list(row_tokens), dtype=torch.long)
-            new.append(list(range(len(self.slots[r]), len(self.slots[r]) + len(row_tokens))))
+            new.append(list(range(len(self.positions[r]), len(self.positions[r]) + len(row_tokens))))
             for i, parent in enumerate(row_parents):
                 up = [] if parent is None else self.ancestors[r][parent]
                 self.ancestors[r].append([*up, base + i])
-                self.slots[r].append(base + i)
                 self.positions[r].append(self.n_prompt[r] if parent is None else self.positions[r][parent] + 1)
                 q_pos[r, i] = self.positions[r][-1]
                 allowed[r, i, self.ancestors[r][-1]] = True

@@ -210,7 +210,7 @@ def _run_side_by_side(tree: TokenTree, searches: Sequence[Generator[Request, lis
         parents: list[list[int | None]] = [[] for _ in searches]
         ids: list[list[int]] = [[] for _ in searches]
         for r, paths in pending.items():
-            first = len(tree.slots[r])
+            first = len(tree.positions[r])  # the id the row's next node gets
             for k, path in enumerate(paths):
                 parents[r].append(node_of[r][path[:-1]])
                 ids[r].append(path[-1])
