@@ -1,6 +1,7 @@
 """The workflow as users run it: lint, dry runs, bad config, and the tiny end-to-end run."""
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,9 @@ def test_tiny_run_scores_every_method_on_every_task(tiny_run: Path):
 
 def test_tiny_run_samples_and_predictions(tiny_run: Path):
     task = xr.open_zarr(tiny_run / "results/tasks/synth-sine.zarr")
-    # expert.shards = 2 deals gp-se-000, synth-sine, text-zero_after_30, real-nile over shards 0, 1
-    for store in ("samples/synth-sine/ndp.zarr", "samples/synth-sine/llm-ndp.zarr", "samples/synth-sine/llm-ndp-cal.zarr",
+    # expert.shards = sample.shards = 2 deal gp-se-000, synth-sine, text-zero_after_30, real-nile over shards 0, 1
+    for store in ("samples/ndp/shard-1/synth-sine.zarr", "samples/llm-ndp/shard-1/synth-sine.zarr",
+                  "samples/llm-ndp-cal/shard-1/synth-sine.zarr", "samples/gp/shard-1/synth-sine.zarr",
                   "samples/a-llmp/shard-1/synth-sine.zarr"):
         ds = xr.open_zarr(tiny_run / "results" / store)
         assert ds["y"].dims == ("sample", "target") and ds.sizes["target"] == task.sizes["target"]
@@ -216,8 +218,7 @@ def test_predict_runs_only_what_the_user_tasks_need(predict_run):
     # the user task's LLM shard is numbered after the expert.shards = 2 shards of the built-in tasks
     assert {s for s in stores if s.startswith("results/expert/")} == {"results/expert/smollm2-135m/shard-2/user-temperature.zarr"}
     assert {s for s in stores if s.startswith("results/samples/")} == {
-        "results/samples/user-temperature/ndp.zarr", "results/samples/user-temperature/llm-ndp.zarr",
-        "results/samples/user-temperature/llm-ndp-cal.zarr", "results/samples/user-temperature/gp.zarr", "results/samples/a-llmp/shard-2/user-temperature.zarr"}
+        f"results/samples/{m}/shard-2/user-temperature.zarr" for m in ("ndp", "llm-ndp", "llm-ndp-cal", "gp", "a-llmp")}
     assert not any(f.startswith(("results/prior/test/", "results/bench/", "results/metrics/")) for f in files)
     assert {f for f in files if f.startswith(("results/predictions/", "results/figures/"))} == {
         *(f"results/predictions/user-temperature/{m}.csv" for m in ("ndp", "i-llmp", "a-llmp", "llm-ndp", "llm-ndp-cal", "gp")),
@@ -253,13 +254,34 @@ def test_metrics_only_where_the_truth_is_known(tiny_run: Path):
 
 def test_nested_command_line_overrides_are_typed(workflow_copy: Path):
     result = snakemake(workflow_copy, "-n", "--configfile", "tests/config.yaml",
-                       "--config", 'sample={"n_samples": 8}', 'expert={"shards": 3}')
+                       "--config", 'sample={"n_samples": 8, "shards": 1}', 'expert={"shards": 3}')
     assert result.returncode == 0, result.stderr[-3000:]
+    jobs = _dry_run_jobs(result.stdout)
     # three shards of the built-in tasks (gp, synth, text, real), the user task on its own
-    assert {int(_pairs(j["wildcards"])["shard"]) for j in _dry_run_jobs(result.stdout) if j["rule"] == "expert"} == {0, 1, 2, 3}
+    assert {int(_pairs(j["wildcards"])["shard"]) for j in jobs if j["rule"] == "expert"} == {0, 1, 2, 3}
+    # one sample and one gp job for the built-in tasks, one each for the user task
+    for rule in ("sample", "gp"):
+        assert sorted(int(_pairs(j["wildcards"])["shard"]) for j in jobs if j["rule"] == rule) == [0, 1], rule
     result = snakemake(workflow_copy, "-n", "--configfile", "tests/config.yaml", "--config", 'sample={"n_samples": "eight"}')
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "config error: sample.n_samples: 'eight' is not of type 'integer'"
+
+
+def test_a_task_samples_alike_in_any_shard(tiny_run: Path, tmp_path: Path):
+    # sample.shards = 2 put synth-sine in shard 1 beside real-nile; one shard of every built-in
+    # task draws it after gp-se-000 in the same job: its samples and fitted GP must not move
+    workdir = tmp_path / "wf"
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("models"))
+    (workdir / "results/models").symlink_to(tiny_run / "results/models")  # 0.5 GB, only read
+    result = snakemake(workdir, "-j2", "--configfile", "tests/config.yaml", "--config", 'sample={"shards": 1}',
+                       "--rerun-triggers", "params", "input", "--", "results/samples/ndp/shard-0", "results/samples/gp/shard-0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rules = {m.group(1) for m in re.finditer(r"^(?:local)?rule (\w+):$", result.stdout + result.stderr, re.M)}
+    assert rules == {"sample", "gp"}, rules
+    assert "gp-se-000" in {p.stem for p in (workdir / "results/samples/ndp/shard-0").iterdir()}
+    for method in ("ndp", "llm-ndp", "llm-ndp-cal", "gp"):
+        alone = xr.open_zarr(tiny_run / f"results/samples/{method}/shard-1/synth-sine.zarr").load()
+        xr.testing.assert_identical(xr.open_zarr(workdir / f"results/samples/{method}/shard-0/synth-sine.zarr").load(), alone)
 
 
 def test_a_new_calibration_grid_reruns_the_sample_jobs_not_the_fitted_gps(tiny_run: Path):

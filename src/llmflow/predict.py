@@ -32,9 +32,11 @@ class SampleConfig(Section):
     """``config["sample"]``: n_samples per task and method; the LLM expert's weight λ, fade s
     (the NDP's x units), temperature and lost-mass policy (:class:`llmflow.poe.ExpertTerm`);
     y_scale_min, the smallest y scale of a :class:`TaskFrame`; calibration, the candidates of
-    ``llm-ndp-cal`` (:func:`sample_calibrated`)."""
+    ``llm-ndp-cal`` (:func:`sample_calibrated`); shards, how many jobs the workflow deals the
+    tasks over in rules ``sample`` and ``gp`` (one network load and one start-up each)."""
 
     KEY: ClassVar[str] = "sample"
+    shards: int = 1
     n_samples: int = 64
     expert_weight: float = 1.0
     expert_fade: float = 0.0

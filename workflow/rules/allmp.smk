@@ -5,7 +5,7 @@ rule allmp:
         tasks=shard_tasks("allmp"),
         model=LLM_FOLDER,
     output:
-        directory(SHARD_FOLDER["allmp"]),
+        directory(RESULT_FOLDER["a-llmp"]),
     log:
         f"logs/allmp/{MODEL_LABEL}/shard-{{shard}}.log",
     wildcard_constraints:

@@ -38,13 +38,19 @@ ORACLE_KERNELS = oracle_kernels(OracleConfig.from_config(config["bench"]["gp_ora
 # An embedded LLM is materialised into LLM_MODELS; any other llm.model is a local folder.
 LLM_MODELS = "results/models/{model}"
 LLM_FOLDER = LLM_MODELS.format(model=config["llm"]["model"]) if config["llm"]["model"] in EMBEDDED else config["llm"]["model"]
-# The LLM stages (rules expert and allmp) run one job per shard of tasks (SHARDS, below), the
-# model loaded once a job. A rule's outputs must follow from its wildcards and a shard's task
-# list does not, so a job writes one folder, shard-<k>, with a <task>.zarr per task (made_by and
-# store find a task's). Finished tasks are also cached: a killed job redoes only the rest.
-SHARD_FOLDER = {"expert": f"results/expert/{MODEL_LABEL}/shard-{{shard}}", "allmp": "results/samples/a-llmp/shard-{shard}"}
+# Every stage after `tasks` runs one job per shard of tasks (SHARDS, below): the LLM stages
+# (rules expert and allmp, expert.shards jobs) load the model once a job, the NDP stages (rules
+# sample and gp, sample.shards jobs) the network and the imports once a job (a few CPU-seconds a
+# job, most of a small task's work). A rule's outputs must follow from its wildcards and a
+# shard's task list does not, so a job writes one folder per method, shard-<k>, with a
+# <task>.zarr per task (made_by and store find a task's). The LLM stages also cache finished
+# tasks: a killed job redoes only the rest.
+RESULT_FOLDER = {
+    "i-llmp": f"results/expert/{MODEL_LABEL}/shard-{{shard}}",
+    **{m: f"results/samples/{m}/shard-{{shard}}" for m in ("ndp", "llm-ndp", "llm-ndp-cal", "a-llmp", "gp")},
+}
+STAGE = {"i-llmp": "expert", "a-llmp": "allmp", "ndp": "sample", "llm-ndp": "sample", "llm-ndp-cal": "sample", "gp": "gp"}
 LLM_CACHE = {"expert": f"results/expert/{MODEL_LABEL}/.cache", "allmp": f"results/samples/.cache-a-llmp/{MODEL_LABEL}"}
-SAMPLE_STORE = "results/samples/{task}/{method}.zarr"
 PREDICTIONS = "results/predictions/{task}"  # llmflow.evaluate.write_predictions writes PREDICTION files into it
 PREDICTION = "results/predictions/{task}/{method}.csv"
 # The evaluate stage's tables: per task and method (tasks.csv), per family and method (summary.*)
@@ -56,11 +62,9 @@ def figure(name, ext="png"):
     return f"results/figures/{name}.{ext}"
 
 
-def shards(tasks):
-    """Tasks dealt round-robin over expert.shards jobs, one model load per job: the built-in
-    tasks over shards 0, 1, ..., the user tasks over their own shards numbered after them, so
-    `predict` runs the LLM on the user tasks alone."""
-    n = config["expert"]["shards"]
+def shards(tasks, n):
+    """Tasks dealt round-robin over n jobs: the built-in tasks over shards 0, 1, ..., the user
+    tasks over their own shards numbered after them, so `predict` runs only the user tasks."""
     out = {}
     for group in ([t for t in tasks if t in BUILTIN_TASKS], [t for t in tasks if t in USER_TASKS]):
         for k in range(min(n, len(group))):
@@ -68,23 +72,23 @@ def shards(tasks):
     return out
 
 
-SHARDS = {"expert": shards(TASKS), "allmp": shards(ALLMP_TASKS)}
+SHARDS = {
+    "expert": shards(TASKS, config["expert"]["shards"]),
+    "allmp": shards(ALLMP_TASKS, config["expert"]["shards"]),
+    "sample": shards(TASKS, config["sample"]["shards"]),
+    "gp": shards(TASKS, config["sample"]["shards"]),
+}
 SHARD_OF = {stage: {t: k for k, ts in s.items() for t in ts} for stage, s in SHARDS.items()}
-LLM_RULE = {"i-llmp": "expert", "a-llmp": "allmp"}  # method → the LLM stage's rule writing its results
 
 
 def made_by(task, method):
-    """The output of the job that writes `task`'s `method` result: its shard's folder for the LLM
-    stages, else the store itself."""
-    if method in LLM_RULE:
-        stage = LLM_RULE[method]
-        return SHARD_FOLDER[stage].format(shard=SHARD_OF[stage][task])
-    return SAMPLE_STORE.format(task=task, method=method)
+    """The output of the job that writes `task`'s `method` result: its shard's folder."""
+    return RESULT_FOLDER[method].format(shard=SHARD_OF[STAGE[method]][task])
 
 
 def store(task, method):
     """The zarr store of `task`'s `method` result: I-LLMP densities ("i-llmp") or samples."""
-    return f"{made_by(task, method)}/{task}.zarr" if method in LLM_RULE else made_by(task, method)
+    return f"{made_by(task, method)}/{task}.zarr"
 
 
 def results_of(tasks):
@@ -93,7 +97,7 @@ def results_of(tasks):
 
 
 def shard_tasks(stage, method=None):
-    """Input/params function of an LLM stage's job (wildcard `shard`): its tasks' stores, or with
+    """Input/params function of a sharded job (wildcard `shard`): its tasks' stores, or with
     `method` the stores it writes, in the same order."""
     return lambda wc: [store(t, method) if method else TASK_STORE.format(task=t) for t in SHARDS[stage][int(wc.shard)]]
 

@@ -6,7 +6,7 @@ rule expert:
         tasks=shard_tasks("expert"),
         model=LLM_FOLDER,
     output:
-        directory(SHARD_FOLDER["expert"]),
+        directory(RESULT_FOLDER["i-llmp"]),
     log:
         f"logs/expert/{MODEL_LABEL}/shard-{{shard}}.log",
     wildcard_constraints:

@@ -1,19 +1,22 @@
 rule sample:
-    """NDP, LLM-NDP and LLM-NDP-cal joint samples for one task (A-LLMP's come from rule allmp)."""
+    """NDP, LLM-NDP and LLM-NDP-cal joint samples: one job per shard of tasks
+    (SHARDS["sample"]), the network loaded once per job, a <task>.zarr per task and method in
+    the shard's folders (A-LLMP's come from rule allmp)."""
     input:
         model=NDP_MODEL,
-        task=TASK_STORE,
-        expert=lambda wc: made_by(wc.task, "i-llmp"),
+        tasks=shard_tasks("sample"),
+        experts=lambda wc: list(dict.fromkeys(made_by(t, "i-llmp") for t in SHARDS["sample"][int(wc.shard)])),
     output:
-        ndp=directory(SAMPLE_STORE.format(task="{task}", method="ndp")),
-        llm_ndp=directory(SAMPLE_STORE.format(task="{task}", method="llm-ndp")),
-        llm_ndp_cal=directory(SAMPLE_STORE.format(task="{task}", method="llm-ndp-cal")),
+        ndp=directory(RESULT_FOLDER["ndp"]),
+        llm_ndp=directory(RESULT_FOLDER["llm-ndp"]),
+        llm_ndp_cal=directory(RESULT_FOLDER["llm-ndp-cal"]),
     log:
-        "logs/sample/{task}.log",
+        "logs/sample/shard-{shard}.log",
     wildcard_constraints:
-        task="|".join(map(re.escape, TASKS)),
+        shard="|".join(map(str, SHARDS["sample"])),
     params:
-        expert=lambda wc: store(wc.task, "i-llmp"),
+        experts=shard_tasks("sample", "i-llmp"),
+        stores=lambda wc: {m: shard_tasks("sample", m)(wc) for m in ("ndp", "llm-ndp", "llm-ndp-cal")},
         seed=config["seed"],
         sample=config["sample"],
         sampler=config["sampler"],
@@ -25,17 +28,19 @@ rule sample:
 
 
 rule gp:
-    """The fitted-GP baseline of one task (llmflow.gpfit): its exact predictive (mean,
-    covariance) and joint samples, in a sample store like the other methods'."""
+    """The fitted-GP baseline (llmflow.gpfit): each task's exact predictive (mean, covariance)
+    and joint samples, in a sample store like the other methods'; one job per shard of tasks
+    (SHARDS["gp"])."""
     input:
-        task=TASK_STORE,
+        tasks=shard_tasks("gp"),
     output:
-        directory(SAMPLE_STORE.format(task="{task}", method="gp")),
+        directory(RESULT_FOLDER["gp"]),
     log:
-        "logs/gp/{task}.log",
+        "logs/gp/shard-{shard}.log",
     wildcard_constraints:
-        task="|".join(map(re.escape, TASKS)),
+        shard="|".join(map(str, SHARDS["gp"])),
     params:
+        stores=shard_tasks("gp", "gp"),
         seed=config["seed"],
         # only what the fit reads: a change to the LLM-NDP settings leaves the fitted GP as it is
         n_samples=config["sample"]["n_samples"],
