@@ -89,40 +89,27 @@ def _expansion_class(s: str, decimals: int) -> int:
     return _DECIMALS if len(body.partition(".")[2]) < decimals else _TERMINATOR
 
 
-def binned_distribution(
-    model,
-    tokenizer,
-    prompt: str,
-    decimals: int,
-    *,
-    lead: str = "",
-    threshold: float = 1e-6,
-    max_nodes: int | None = None,
-    restricted: bool = True,
-    terminator: str = "\n",
-    max_int_digits: int = 6,
-    allow_negative: bool = True,
-    coarse: bool = True,
-    rounding: str = "truncate",
-    batch_size: int = 64,
-    truth: str | None = None,
-) -> TrieResult:
+def binned_distribution(model, tokenizer, prompt: str, decimals: int, *, truth: str | None = None,
+                        **options: Any) -> TrieResult:
     """Binned distribution of the number the LLM writes after ``prompt`` (see the module).
 
     ``model``/``tokenizer``: a loaded Hugging Face causal LM (eval mode) and its tokenizer,
     which must split numbers into one token per character. ``prompt`` ends where the number's
-    text starts (``"...\\n3.00,"``); ``lead`` is written before every number and scored with it
-    (``" "``: the space after the comma, in the token context it has in the context lines).
-    A number is ``[-]`` + integer digits (no leading zeros, at most ``max_int_digits``) +
-    (``.`` + exactly ``decimals`` digits if ``decimals`` > 0) + ``terminator``. Its log-prob is
-    the sum of the log-probs of the tokens of ``lead + number + terminator``, exactly as when
-    ``prompt + lead + number + terminator`` is tokenized and scored as one string (softmax over
-    number tokens only if ``restricted``).
+    text starts (``"...\\n3.00,"``). ``options`` (keyword arguments of
+    :func:`binned_distributions`, defaults in brackets): ``lead`` [""] is written before every
+    number and scored with it (``" "``: the space after the comma, in the token context it has
+    in the context lines). A number is ``[-]`` (``allow_negative`` [True]) + integer digits (no
+    leading zeros, at most ``max_int_digits`` [6]) + (``.`` + exactly ``decimals`` digits if
+    ``decimals`` > 0) + ``terminator`` ["\\n"]. Its log-prob is the sum of the log-probs of the
+    tokens of ``lead + number + terminator``, exactly as when ``prompt + lead + number +
+    terminator`` is tokenized and scored as one string (softmax over number tokens only if
+    ``restricted`` [True]).
 
-    Search: at most ``max_nodes`` prefixes are expanded (None: no budget), ``batch_size`` per
-    forward, none with probability below ``threshold`` (0: every one, only for tiny ranges).
-    With ``coarse`` every prefix left is a coarse bin (or a union of bins, see the module);
-    without it, its mass is ``lost_pruned``. ``truth``: a number string (no lead, no
+    Search: at most ``max_nodes`` [None: no budget] prefixes are expanded, ``batch_size`` [64]
+    per forward, none with probability below ``threshold`` [1e-6] (0: every one, only for tiny
+    ranges). With ``coarse`` [True] every prefix left is a coarse bin (or a union of bins, see
+    the module); without it, its mass is ``lost_pruned``. ``rounding`` ["truncate"]: how a bin's
+    string maps to its interval (``prefix_intervals``). ``truth``: a number string (no lead, no
     terminator) whose exact log-probability is returned as ``truth_logp`` (its prefixes are
     scored without changing the bins).
 
@@ -130,11 +117,7 @@ def binned_distribution(
     edge, with ``exp(logp).sum() + lost_pruned + lost_invalid == 1``. Several prompts at once:
     :func:`binned_distributions`.
     """
-    return binned_distributions(
-        model, tokenizer, [prompt], decimals, lead=lead, threshold=threshold, max_nodes=max_nodes,
-        restricted=restricted, terminator=terminator, max_int_digits=max_int_digits,
-        allow_negative=allow_negative, coarse=coarse, rounding=rounding, batch_size=batch_size,
-        truths=[truth])[0]
+    return binned_distributions(model, tokenizer, [prompt], decimals, truths=[truth], **options)[0]
 
 
 def binned_distributions(
@@ -157,10 +140,10 @@ def binned_distributions(
     by side: up to ``prompts_per_forward`` prompts (None: all) share one batched
     :class:`~llmflow.expert.lm.TokenTree`, and each forward extends every one of their tries,
     so the model's weights are read once per step for all of them. Each result is the one its
-    prompt gets alone (the rows of a batch do not see each other). ``search``: the other
-    keyword arguments of :func:`binned_distribution` that steer the search (``threshold``,
-    ``max_nodes``, ``allow_negative``, ``coarse``, ``rounding``, ``batch_size``). ``done``:
-    called as each search finishes."""
+    prompt gets alone (the rows of a batch do not see each other). ``search``: the search's
+    settings (``threshold``, ``max_nodes``, ``allow_negative``, ``coarse``, ``rounding``,
+    ``batch_size``; their meaning and defaults: :func:`binned_distribution`). ``done``: called
+    as each search finishes."""
     if decimals < 0:
         raise ValueError(f"decimals must be >= 0, got {decimals}")
     truths = list(truths) if truths is not None else [None] * len(prompts)
@@ -228,9 +211,9 @@ def _search(
     col: dict[int, int],
     decimals: int,
     *,
+    max_int_digits: int,
     threshold: float = 1e-6,
     max_nodes: int | None = None,
-    max_int_digits: int = 6,
     allow_negative: bool = True,
     coarse: bool = True,
     rounding: str = "truncate",
