@@ -40,8 +40,8 @@ LLM_MODELS = "results/models/{model}"
 LLM_FOLDER = LLM_MODELS.format(model=config["llm"]["model"]) if config["llm"]["model"] in EMBEDDED else config["llm"]["model"]
 # Every stage after `tasks` runs one job per shard of tasks (SHARDS, below): the LLM stages
 # (rules expert and allmp, expert.shards jobs) load the model once a job, the NDP stages (rules
-# sample and gp, sample.shards jobs) the network and the imports once a job (a few CPU-seconds a
-# job, most of a small task's work). A rule's outputs must follow from its wildcards and a
+# sample and gp, sample.shards jobs) the network and the imports once a job (about 4 CPU-s a
+# job, more than a small task's work: docs/run-time.md). A rule's outputs must follow from its wildcards and a
 # shard's task list does not, so a job writes one folder per method, shard-<k>, with a
 # <task>.zarr per task (made_by and store find a task's). The LLM stages also cache finished
 # tasks: a killed job redoes only the rest.
