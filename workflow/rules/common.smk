@@ -76,8 +76,8 @@ SHARDS = {
     "expert": shards(TASKS, config["expert"]["shards"]),
     "allmp": shards(ALLMP_TASKS, config["expert"]["shards"]),
     "sample": shards(TASKS, config["sample"]["shards"]),
-    "gp": shards(TASKS, config["sample"]["shards"]),
 }
+SHARDS["gp"] = SHARDS["sample"]  # rule gp deals the tasks as rule sample does (sample.shards)
 SHARD_OF = {stage: {t: k for k, ts in s.items() for t in ts} for stage, s in SHARDS.items()}
 
 

@@ -5,7 +5,8 @@ rule sample:
     input:
         model=NDP_MODEL,
         tasks=shard_tasks("sample"),
-        experts=lambda wc: list(dict.fromkeys(made_by(t, "i-llmp") for t in SHARDS["sample"][int(wc.shard)])),
+        # the expert shards' folders, for the dependency; params.experts are the stores read
+        expert_folders=lambda wc: list(dict.fromkeys(made_by(t, "i-llmp") for t in SHARDS["sample"][int(wc.shard)])),
     output:
         ndp=directory(RESULT_FOLDER["ndp"]),
         llm_ndp=directory(RESULT_FOLDER["llm-ndp"]),
