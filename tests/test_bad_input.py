@@ -145,7 +145,8 @@ class NoNumberLM(torch.nn.Module):
 
 def test_llm_without_a_number_names_task_and_target(smollm2_dir: Path, pristine: Path, tmp_path: Path):
     from llmflow import allmp
-    from llmflow.expert import ExpertConfig, run_cached, task_expert
+    from llmflow.cache import run_cached
+    from llmflow.expert import ExpertConfig, task_expert
     from llmflow.llm import load_model
     from llmflow.tasks import build_task
 
@@ -159,9 +160,10 @@ def test_llm_without_a_number_names_task_and_target(smollm2_dir: Path, pristine:
     cfg = ExpertConfig.from_config({"restricted": False})
     out, cache = tmp_path / "expert/user-temperature.zarr", tmp_path / "expert/.cache"
     with pytest.raises(ValueError) as info:
-        run_cached([str(task_path)], [str(out)], {}, lambda ts: [task_expert(liar, tokenizer, t, cfg, "liar", progress=False) for t in ts], cache)
+        run_cached([str(task_path)], {"i-llmp": [str(out)]}, {},
+                   lambda ts: [{"i-llmp": task_expert(liar, tokenizer, t, cfg, "liar", progress=False)} for t in ts], cache)
     assert str(info.value) == case["error"]
-    assert not out.exists() and not list(cache.glob("*.zarr"))  # no partial output
+    assert not out.exists() and not list(cache.glob("*/*.zarr"))  # no partial output
 
     sampler = allmp.AllmpConfig.from_config({"n_samples": 1, "max_retries": 1})
     with pytest.raises(ValueError, match=r"^task 'user-temperature', target \d+ \(x = \d+\): the LLM gave no valid number in 2 draws for any of 1 samples$"):

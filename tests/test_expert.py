@@ -13,6 +13,7 @@ import xarray as xr
 from brute_force import score_strings
 from llmflow import allmp, expert, llm
 from llmflow.binned import BinnedDensity
+from llmflow.cache import run_cached
 from llmflow.io import write_zarr
 
 STYLE = expert.prompt_style("default")
@@ -390,14 +391,14 @@ def test_task_dataset_rescaled_padded_and_cached(tiny_model, smol_tokenizer, tmp
 
     def compute(tasks):
         calls.extend(t.attrs["name"] for t in tasks)
-        return [expert.task_expert(tiny_model, smol_tokenizer, t, cfg, "tiny", progress=False) for t in tasks]
+        return [{"i-llmp": expert.task_expert(tiny_model, smol_tokenizer, t, cfg, "tiny", progress=False)} for t in tasks]
 
-    expert.run_cached([str(src)], [str(out)], {"cfg": repr(cfg)}, compute, tmp_path / "cache")
+    run_cached([str(src)], {"i-llmp": [str(out)]}, {"cfg": repr(cfg)}, compute, tmp_path / "cache")
     shutil.rmtree(out)  # Snakemake deletes a job's outputs before rerunning it
-    expert.run_cached([str(src)], [str(out)], {"cfg": repr(cfg)}, compute, tmp_path / "cache")
+    run_cached([str(src)], {"i-llmp": [str(out)]}, {"cfg": repr(cfg)}, compute, tmp_path / "cache")
     assert calls == ["toy-0"]  # the rerun reused the cached result
     np.testing.assert_array_equal(xr.open_zarr(out)["logp"].values, ds["logp"].values)
-    expert.run_cached([str(src)], [str(out)], {"cfg": "other"}, compute, tmp_path / "cache")
+    run_cached([str(src)], {"i-llmp": [str(out)]}, {"cfg": "other"}, compute, tmp_path / "cache")
     assert calls == ["toy-0", "toy-0"]  # other settings: recomputed
 
 
@@ -551,33 +552,6 @@ def test_offset_and_tiny_series_read_at_their_scale(smol32):
         kept = (np.exp(ds["logp"]).sum("bin") - ds["mass_union"]) / (1 - ds["lost_invalid"])
         assert float(kept.min()) > 0.99 and float(ds["lost_pruned"].max()) == 0.0
         assert np.isfinite(ds["nll_target"]).all()
-
-
-def test_run_cached_computes_groups_of_one_family(tmp_path):
-    """group=2: the uncached tasks go to compute two at a time, never two families together;
-    cached ones are copied out, and a rerun computes nothing."""
-    paths, outs = [], []
-    for name, family in [("a-0", "gp"), ("b-0", "real"), ("a-1", "gp"), ("a-2", "gp")]:
-        x, y = np.full((2, 1), float(len(paths))), np.full(2, float(len(paths)))
-        task = xr.Dataset({"x_context": (("context", "x_dim"), x), "y_context": ("context", y),
-                           "x_target": (("target", "x_dim"), x), "y_target": ("target", y)},
-                          attrs={"name": name, "family": family})
-        paths.append(str(tmp_path / "tasks" / f"{name}.zarr"))
-        outs.append(str(tmp_path / "out" / f"{name}.zarr"))
-        write_zarr(task, paths[-1])
-    groups = []
-
-    def compute(tasks):
-        groups.append([t.attrs["name"] for t in tasks])
-        return [xr.Dataset({"v": ("i", t["y_context"].values * 10)}) for t in tasks]
-
-    expert.run_cached(paths[:1], outs[:1], {}, compute, tmp_path / "cache", group=2)
-    expert.run_cached(paths, outs, {}, compute, tmp_path / "cache", group=2)
-    assert groups == [["a-0"], ["b-0"], ["a-1", "a-2"]]
-    for k, out in enumerate(outs):
-        np.testing.assert_array_equal(xr.open_zarr(out)["v"].values, [10.0 * k] * 2)
-    expert.run_cached(paths, outs, {}, compute, tmp_path / "cache", group=2)
-    assert len(groups) == 3
 
 
 def test_leave_one_out_densities_are_the_held_out_tasks_own(smol32):

@@ -29,7 +29,7 @@ SEED = 6
 # (~0.5 s after its log appears) and then the figures job (several seconds).
 KILL_POINTS = (
     KillPoint("train", "results/ndp/checkpoints/step-*.pt", 0.3),
-    KillPoint("expert", "results/expert/*/.cache/[!u.]*.zarr", 3.0),
+    KillPoint("expert", "results/expert/*/.cache/[!u.]*/i-llmp.zarr", 3.0),
     KillPoint("sample", "logs/sample/*.log", 3.0),
     KillPoint("evaluate", "logs/evaluate.log", 2.0),
 )
@@ -53,10 +53,10 @@ def test_killed_pipeline_resumes_to_identical_results(tiny_run: Path, tmp_path: 
         # What a killed train or expert job left for the next attempt to reuse.
         if "train" in stages:
             checkpoint_steps += [int(p.stem.split("-")[1]) for p in workdir.glob("results/ndp/checkpoints/step-*.pt")]
-        if "expert" in stages:  # the tasks a cut expert job had finished (<task>-<fingerprint>.zarr)
+        if "expert" in stages:  # the tasks a cut expert job had finished (<task>-<fingerprint>/i-llmp.zarr)
             cut = {(Path(s).parent.parent, Path(s).stem) for s in cut_expert_stores(workdir)}  # (model folder, task)
-            cached |= {str(p.relative_to(workdir)) for p in workdir.glob("results/expert/*/.cache/*.zarr")
-                       if (p.parent.parent.relative_to(workdir), p.stem.rsplit("-", 1)[0]) in cut}
+            cached |= {str(p.parent.relative_to(workdir)) for p in workdir.glob("results/expert/*/.cache/*/i-llmp.zarr")
+                       if (p.parent.parent.parent.relative_to(workdir), p.parent.name.rsplit("-", 1)[0]) in cut}
         unlock(workdir)
         args = RESUME_ARGS
     final = run_attempt(workdir, args, None, 0.0)

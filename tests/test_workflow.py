@@ -211,8 +211,9 @@ def test_bad_user_csv_fails_before_any_job(workflow_copy: Path):
 def test_predict_runs_only_what_the_user_tasks_need(predict_run):
     workdir, files = predict_run
     stores = {f.split(".zarr")[0] + ".zarr" for f in files if ".zarr/" in f}
-    cached = {s for s in stores if "/.cache" in s}  # the LLM stages' resume caches
-    assert cached and all(s.rsplit("/", 1)[1].startswith("user-temperature-") for s in cached)
+    cached = {s for s in stores if "/.cache" in s}  # every stage's resume cache: <task>-<fingerprint>/<method>.zarr
+    assert all(s.split("/")[-2].startswith("user-temperature-") for s in cached)
+    assert {s.split("/")[-1] for s in cached} == {f"{m}.zarr" for m in ("i-llmp", "ndp", "llm-ndp", "llm-ndp-cal", "gp", "a-llmp")}
     stores -= cached
     assert {s for s in stores if s.startswith("results/tasks/")} == {"results/tasks/user-temperature.zarr"}
     # the user task's LLM shard is numbered after the expert.shards = 2 shards of the built-in tasks

@@ -24,7 +24,7 @@ from llmflow.ndp import TrainedNDP
 from llmflow.poe import ExpertTerm
 from llmflow.sampler import SamplerConfig, sample
 from llmflow.smc import sample_smc
-from llmflow.tasks import Task
+from llmflow.tasks import Task, samples_dataset
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,24 @@ def sample_calibrated(model: TrainedNDP, task: Task, frame: TaskFrame, store: xr
     expert = ExpertTerm(BinnedDensity.from_store(store, task, cfg.lost_mass), fit.weight, smoothing=fit.smoothing,
                         shares=torch.as_tensor(target_shares(ndp)))
     return sample_task(model, task, frame, cfg.n_samples, sampler, seed, expert), fit
+
+
+def sample_methods(model: TrainedNDP, task: Task, frame: TaskFrame, expert_store: xr.Dataset | str, cfg: SampleConfig,
+                   sampler: SamplerConfig, seed: int) -> tuple[dict[str, xr.Dataset], ProductFit]:
+    """The sample stores (:func:`llmflow.tasks.samples_dataset`) of ``ndp``, ``llm-ndp`` and
+    ``llm-ndp-cal`` on one task, keyed by method, and the calibrated product's fit (its λ, w
+    and leave-one-out scores also in that store's attrs). One seed for all three: the same
+    start noise, so their differences are the expert's alone. ValueError where a draw is not
+    finite or absurd (:func:`sample_task`)."""
+    ndp = sample_task(model, task, frame, cfg.n_samples, sampler, seed)
+    llm_ndp = sample_task(model, task, frame, cfg.n_samples, sampler, seed, ExpertTerm.from_store(expert_store, task, cfg))
+    cal, fit = sample_calibrated(model, task, frame, expert_store, cfg, sampler, seed, ndp)
+    return {
+        "ndp": samples_dataset(task, ndp, "ndp"),
+        "llm-ndp": samples_dataset(task, llm_ndp, "llm-ndp", expert_weight=cfg.expert_weight, expert_fade=cfg.expert_fade),
+        "llm-ndp-cal": samples_dataset(task, cal, "llm-ndp-cal", expert_weight=fit.weight, expert_smoothing=fit.smoothing,
+                                       loo_score=fit.score, loo_score_ndp=fit.ndp_score, n_held=fit.n_held),
+    }, fit
 
 
 def unconditional_samples(model: TrainedNDP, x: np.ndarray, n_samples: int, sampler: SamplerConfig, seed: int) -> np.ndarray:

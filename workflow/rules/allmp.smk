@@ -16,7 +16,7 @@ rule allmp:
         expert=config["expert"],
         allmp=config["allmp"],
         seed=config["seed"],
-        cache=LLM_CACHE["allmp"],
+        cache=CACHE["allmp"],
     resources:
         gpu=1 if config["llm"]["device"] == "cuda" else 0,
     conda:

@@ -43,14 +43,15 @@ LLM_FOLDER = LLM_MODELS.format(model=config["llm"]["model"]) if config["llm"]["m
 # sample and gp, sample.shards jobs) the network and the imports once a job (about 4 CPU-s a
 # job, more than a small task's work: docs/run-time.md). A rule's outputs must follow from its wildcards and a
 # shard's task list does not, so a job writes one folder per method, shard-<k>, with a
-# <task>.zarr per task (made_by and store find a task's). The LLM stages also cache finished
-# tasks: a killed job redoes only the rest.
+# <task>.zarr per task (made_by and store find a task's). Every stage also caches finished
+# tasks (CACHE, llmflow.cache): a killed job redoes only the rest.
 RESULT_FOLDER = {
     "i-llmp": f"results/expert/{MODEL_LABEL}/shard-{{shard}}",
     **{m: f"results/samples/{m}/shard-{{shard}}" for m in ("ndp", "llm-ndp", "llm-ndp-cal", "a-llmp", "gp")},
 }
 STAGE = {"i-llmp": "expert", "a-llmp": "allmp", "ndp": "sample", "llm-ndp": "sample", "llm-ndp-cal": "sample", "gp": "gp"}
-LLM_CACHE = {"expert": f"results/expert/{MODEL_LABEL}/.cache", "allmp": f"results/samples/.cache-a-llmp/{MODEL_LABEL}"}
+CACHE = {"expert": f"results/expert/{MODEL_LABEL}/.cache", "allmp": f"results/samples/.cache-a-llmp/{MODEL_LABEL}",
+         "sample": "results/samples/.cache-ndp", "gp": "results/samples/.cache-gp"}
 PREDICTIONS = "results/predictions/{task}"  # llmflow.evaluate.write_predictions writes PREDICTION files into it
 PREDICTION = "results/predictions/{task}/{method}.csv"
 # The evaluate stage's tables: per task and method (tasks.csv), per family and method (summary.*)

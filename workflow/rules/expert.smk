@@ -15,7 +15,7 @@ rule expert:
         stores=shard_tasks("expert", "i-llmp"),
         llm=config["llm"],
         expert=config["expert"],
-        cache=LLM_CACHE["expert"],
+        cache=CACHE["expert"],
     resources:
         gpu=1 if config["llm"]["device"] == "cuda" else 0,
     conda:

@@ -1,7 +1,7 @@
 rule sample:
     """NDP, LLM-NDP and LLM-NDP-cal joint samples: one job per shard of tasks
     (SHARDS["sample"]), the network loaded once per job, a <task>.zarr per task and method in
-    the shard's folders (A-LLMP's come from rule allmp)."""
+    the shard's folders (A-LLMP's come from rule allmp); finished tasks cached (CACHE)."""
     input:
         model=NDP_MODEL,
         tasks=shard_tasks("sample"),
@@ -18,6 +18,7 @@ rule sample:
     params:
         experts=shard_tasks("sample", "i-llmp"),
         stores=lambda wc: {m: shard_tasks("sample", m)(wc) for m in ("ndp", "llm-ndp", "llm-ndp-cal")},
+        cache=CACHE["sample"],
         seed=config["seed"],
         sample=config["sample"],
         sampler=config["sampler"],
@@ -31,7 +32,7 @@ rule sample:
 rule gp:
     """The fitted-GP baseline (llmflow.gpfit): each task's exact predictive (mean, covariance)
     and joint samples, in a sample store like the other methods'; one job per shard of tasks
-    (SHARDS["gp"])."""
+    (SHARDS["gp"]), finished tasks cached (CACHE)."""
     input:
         tasks=shard_tasks("gp"),
     output:
@@ -42,6 +43,7 @@ rule gp:
         shard="|".join(map(str, SHARDS["gp"])),
     params:
         stores=shard_tasks("gp", "gp"),
+        cache=CACHE["gp"],
         seed=config["seed"],
         # only what the fit reads: a change to the LLM-NDP settings leaves the fitted GP as it is
         n_samples=config["sample"]["n_samples"],

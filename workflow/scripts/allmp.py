@@ -2,7 +2,8 @@
 
 from llmflow.allmp import AllmpConfig, sample_allmp_tasks
 from llmflow.device import choose_device
-from llmflow.expert import ExpertConfig, run_cached
+from llmflow.cache import run_cached
+from llmflow.expert import ExpertConfig
 from llmflow.llm import LLMConfig, load_model, model_label
 from llmflow.logs import log_errors
 from llmflow.tasks import task_seed
@@ -19,11 +20,11 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     def sample(tasks):
         # A seed per task (root seed + task name), so shards may be regrouped freely.
         seeds = [task_seed(snakemake.params.seed, task.attrs["name"]) for task in tasks]
-        return sample_allmp_tasks(model, tokenizer, tasks, expert_cfg, cfg, name, seeds)
+        return [{"a-llmp": ds} for ds in sample_allmp_tasks(model, tokenizer, tasks, expert_cfg, cfg, name, seeds)]
 
     run_cached(
         snakemake.input.tasks,
-        snakemake.params.stores,
+        {"a-llmp": snakemake.params.stores},
         {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert,
          "allmp": {k: v for k, v in snakemake.params.allmp.items() if k != "tasks_per_forward"},
          "seed": snakemake.params.seed},

@@ -1,7 +1,8 @@
 """Rule `expert`: I-LLMP binned densities for every task of one shard (wildcard `shard`)."""
 
 from llmflow.device import choose_device
-from llmflow.expert import ExpertConfig, run_cached, task_expert
+from llmflow.cache import run_cached
+from llmflow.expert import ExpertConfig, task_expert
 from llmflow.llm import LLMConfig, load_model, model_label
 from llmflow.logs import log_errors
 
@@ -13,9 +14,9 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     log.info("model %s on %s, writing %s", name, device, " ".join(snakemake.params.stores))
     run_cached(
         snakemake.input.tasks,
-        snakemake.params.stores,
+        {"i-llmp": snakemake.params.stores},
         {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert},
-        lambda tasks: [task_expert(model, tokenizer, task, cfg, name) for task in tasks],
+        lambda tasks: [{"i-llmp": task_expert(model, tokenizer, task, cfg, name)} for task in tasks],
         snakemake.params.cache,
         log,
     )

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,7 +16,6 @@ from llmflow.expert.numbers import format_number, to_llm_units
 from llmflow.expert.prompt import (PromptStyle, build_prompt, chat_wrapper, check_context,
                                    prepare_text, prompt_style)
 from llmflow.expert.trie import TrieResult, binned_distributions
-from llmflow.io import write_zarr
 
 
 @dataclass(frozen=True)
@@ -310,51 +306,3 @@ def loo_arrays(task: xr.Dataset, held: np.ndarray, prompts: Sequence[TaskPrompts
         logp[k, :len(b.logp)] = b.logp
     nll = np.array([-b.truth_logp + math.log(10.0 ** -tp.style.decimals * tp.scale) for b, tp in zip(bins, prompts)])
     return {"x": x_c[held], "y": y_c[held], "lower": lower, "upper": upper, "logp": logp, "nll": nll}
-
-
-# Raised whenever the code changes what a cached result holds for the same task and settings
-# (2: scaled numbers, budgeted trie, scored truths, reference tie order), so old caches are not reused.
-CACHE_VERSION = 2
-
-
-def fingerprint(task: xr.Dataset, settings: dict[str, Any]) -> str:
-    """Short hash of a task's data and text plus ``settings`` and ``CACHE_VERSION``: the key of
-    a cached result."""
-    keyed = {"settings": settings, "cache_version": CACHE_VERSION}
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode())
-    for name in ("x_context", "y_context", "x_target", "y_target"):  # y_target: its scored NLL
-        digest.update(np.ascontiguousarray(task[name].values, dtype=np.float64).tobytes())
-    digest.update(str(task.attrs.get("text", "")).encode())
-    return digest.hexdigest()[:16]
-
-
-def run_cached(task_paths: Sequence[str], out_paths: Sequence[str], settings: dict[str, Any],
-               compute, cache_dir: str | Path, log=None, group: int = 1) -> None:
-    """For each task, write its result to its output, reusing ``cache_dir`` results.
-
-    ``compute(tasks)``: the results (a list) of up to ``group`` tasks of one family (their
-    prompts alike in length) that have none cached, computed together. Snakemake deletes all
-    outputs of a job before rerunning it, so finished tasks are kept in ``cache_dir`` under a
-    fingerprint of (task data, settings) and copied out on a rerun: a job killed half-way
-    recomputes only the groups it had not finished.
-    """
-    cache_dir = Path(cache_dir)
-    tasks = [xr.open_zarr(path).load() for path in task_paths]
-    cached = [cache_dir / f"{task.attrs.get('name', Path(path).stem)}-{fingerprint(task, settings)}.zarr"
-              for task, path in zip(tasks, task_paths)]
-    missing = [i for i, c in enumerate(cached) if not c.exists()]
-    families: dict[str, list[int]] = {}
-    for i in missing:
-        families.setdefault(str(tasks[i].attrs.get("family", "")), []).append(i)
-    for family in families.values():
-        for lo in range(0, len(family), group):
-            members = family[lo:lo + group]
-            for i, result in zip(members, compute([tasks[i] for i in members]), strict=True):
-                write_zarr(result, cached[i])
-    for i, (out_path, c) in enumerate(zip(out_paths, cached)):
-        if log is not None and i not in missing:
-            log.info("reusing %s", c)
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        write_zarr(xr.open_zarr(c).load(), out_path)
-        if log is not None:
-            log.info("wrote %s", out_path)
