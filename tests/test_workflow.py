@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import xarray as xr
 import yaml
 
@@ -270,9 +271,10 @@ def test_nested_command_line_overrides_are_typed(workflow_copy: Path):
 
 def test_a_task_samples_alike_in_any_shard(tiny_run: Path, tmp_path: Path):
     # sample.shards = 2 put synth-sine in shard 1 beside real-nile; one shard of every built-in
-    # task draws it after gp-se-000 in the same job: its samples and fitted GP must not move
+    # task draws it after gp-se-000 in the same job: its samples and fitted GP must not move.
+    # Without the resume caches (their key leaves out how tasks are dealt): drawn anew.
     workdir = tmp_path / "wf"
-    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("models"))
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("models", ".cache-ndp", ".cache-gp"))
     (workdir / "results/models").symlink_to(tiny_run / "results/models")  # 0.5 GB, only read
     result = snakemake(workdir, "-j2", "--configfile", "tests/config.yaml", "--config", 'sample={"shards": 1}',
                        "--rerun-triggers", "params", "input", "--", "results/samples/ndp/shard-0", "results/samples/gp/shard-0")
@@ -280,9 +282,30 @@ def test_a_task_samples_alike_in_any_shard(tiny_run: Path, tmp_path: Path):
     rules = {m.group(1) for m in re.finditer(r"^(?:local)?rule (\w+):$", result.stdout + result.stderr, re.M)}
     assert rules == {"sample", "gp"}, rules
     assert "gp-se-000" in {p.stem for p in (workdir / "results/samples/ndp/shard-0").iterdir()}
+    assert not any("reusing" in (workdir / f"logs/{rule}/shard-0.log").read_text() for rule in ("sample", "gp"))
     for method in ("ndp", "llm-ndp", "llm-ndp-cal", "gp"):
         alone = xr.open_zarr(tiny_run / f"results/samples/{method}/shard-1/synth-sine.zarr").load()
         xr.testing.assert_identical(xr.open_zarr(workdir / f"results/samples/{method}/shard-0/synth-sine.zarr").load(), alone)
+
+
+def test_a_retrained_network_is_not_served_from_the_resume_cache(tiny_run: Path, tmp_path: Path):
+    # rule sample's cache key hashes model.pt: other weights, same settings, draw anew
+    from llmflow.checkpoint import load_model, save_model
+
+    workdir = tmp_path / "wf"
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("models"))
+    (workdir / "results/models").symlink_to(tiny_run / "results/models")
+    model = load_model(workdir / "results/ndp/model.pt")
+    with torch.no_grad():
+        next(model.net.parameters()).add_(0.1)
+    save_model(model, workdir / "results/ndp/model.pt")
+    result = snakemake(workdir, "-j2", "--configfile", "tests/config.yaml", "--rerun-triggers", "mtime",
+                       "--", "results/samples/ndp/shard-0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reusing" not in (workdir / "logs/sample/shard-0.log").read_text()
+    task = next(p.name for p in (workdir / "results/samples/ndp/shard-0").iterdir() if p.suffix == ".zarr")
+    before = xr.open_zarr(tiny_run / f"results/samples/ndp/shard-0/{task}")["y"].values
+    assert not np.array_equal(xr.open_zarr(workdir / f"results/samples/ndp/shard-0/{task}")["y"].values, before)
 
 
 def test_a_new_calibration_grid_reruns_the_sample_jobs_not_the_fitted_gps(tiny_run: Path):
