@@ -85,8 +85,8 @@ def test_tiny_contexts_keep_the_initial_kernel():
 
 
 def test_the_gp_job_imports_no_torch():
-    # one `gp` job per task: torch's import would be most of its run time (docs/run-time.md)
-    code = ("import sys, llmflow.frame, llmflow.gpfit, llmflow.io, llmflow.logs, llmflow.tasks; "
+    # what workflow/scripts/gp.py imports: torch's import would be most of a small shard's run time
+    code = ("import sys, llmflow.cache, llmflow.frame, llmflow.gpfit, llmflow.logs, llmflow.tasks; "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
