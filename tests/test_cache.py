@@ -77,6 +77,31 @@ def test_a_task_is_reused_only_with_every_result_its_settings_and_code(tmp_path,
     assert calls[5:] == ["t-0", "t-1"]
 
 
+def test_a_changed_input_recomputes_only_the_task_that_reads_it(tmp_path):
+    """inputs[i] (rule sample: task i's expert store) enters task i's key alone."""
+    paths = _tasks(tmp_path, [("t-0", "gp"), ("t-1", "gp")])
+    experts = [tmp_path / "experts" / f"t-{k}.txt" for k in range(2)]
+    experts[0].parent.mkdir()
+    for k, path in enumerate(experts):
+        path.write_text(str(k))
+    outs = [str(tmp_path / "out" / Path(p).name) for p in paths]
+    calls = []
+
+    def compute(tasks):
+        calls.extend(t.attrs["name"] for t in tasks)
+        return [{"v": xr.Dataset({"v": ("i", t["y_context"].values)})} for t in tasks]
+
+    def run(**kwargs):
+        run_cached(paths, {"v": outs}, {}, compute, tmp_path / "cache", **kwargs)
+
+    run(inputs=[{"i-llmp": str(p)} for p in experts])
+    experts[1].write_text("changed")
+    run(inputs=[{"i-llmp": str(p)} for p in experts])
+    assert calls == ["t-0", "t-1", "t-1"]
+    with pytest.raises(ValueError, match="1 inputs for 2 tasks"):
+        run(inputs=[{"i-llmp": str(experts[0])}])
+
+
 def test_a_result_without_one_of_the_outputs_is_an_error(tmp_path):
     paths = _tasks(tmp_path, [("t-0", "gp")])
     with pytest.raises(KeyError):

@@ -288,6 +288,28 @@ def test_a_task_samples_alike_in_any_shard(tiny_run: Path, tmp_path: Path):
         xr.testing.assert_identical(xr.open_zarr(workdir / f"results/samples/{method}/shard-0/synth-sine.zarr").load(), alone)
 
 
+def test_a_run_dealt_otherwise_reuses_every_finished_task(tiny_run: Path, tmp_path: Path):
+    # Other shards (config.yaml: 2 expert, 2 sample) and tasks per forward pass (4) change no
+    # task's result: the expert, A-LLMP and sample jobs copy every task out of the resume caches.
+    workdir = tmp_path / "wf"
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("models", "logs"))
+    (workdir / "results/models").symlink_to(tiny_run / "results/models")
+    stages = {"expert": "results/expert/*/shard-*/*.zarr", "allmp": "results/samples/a-llmp/shard-*/*.zarr",
+              "sample": "results/samples/ndp/shard-*/*.zarr"}
+    before = {stage: {p.name: p for p in tiny_run.glob(pattern)} for stage, pattern in stages.items()}
+    result = snakemake(workdir, "-j2", "--configfile", "tests/config.yaml", "--config", 'expert={"shards": 3}',
+                       'allmp={"tasks_per_forward": 1}', 'sample={"shards": 1}',
+                       "--forcerun", "expert", "allmp", "sample", "--until", "allmp", "sample")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage, pattern in stages.items():
+        logs = "".join(p.read_text() for p in workdir.glob(f"logs/{stage}/**/shard-*.log"))
+        reused = set(re.findall(r"reusing \S*/([^/\s]+)-[0-9a-f]{16}$", logs, re.M))
+        assert {f"{t}.zarr" for t in reused} == set(before[stage]), (stage, reused)
+        for name, path in before[stage].items():
+            xr.testing.assert_identical(xr.open_zarr(next(workdir.glob(pattern.replace("*.zarr", name)))).load(),
+                                        xr.open_zarr(path).load())
+
+
 def test_a_retrained_network_is_not_served_from_the_resume_cache(tiny_run: Path, tmp_path: Path):
     # rule sample's cache key hashes model.pt: other weights, same settings, draw anew
     from llmflow.checkpoint import load_model, save_model

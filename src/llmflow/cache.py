@@ -58,9 +58,14 @@ def fingerprint(task: xr.Dataset, settings: dict[str, Any]) -> str:
 
 
 def run_cached(task_paths: Sequence[str], stores: Mapping[str, Sequence[str]], settings: dict[str, Any],
-               compute: Compute, cache_dir: str | Path, log=None, group: int = 1) -> None:
+               compute: Compute, cache_dir: str | Path, log=None, group: int = 1,
+               inputs: Sequence[Mapping[str, str]] = ()) -> None:
     """For each task i (``task_paths[i]``) write its result ``key`` to ``stores[key][i]`` for
     every key, reusing the results in ``cache_dir``.
+
+    A task's key hashes its data, ``settings`` (what every task of the job reads) and, where
+    given, the content of ``inputs[i]`` (name → file or folder that task i alone reads, such as
+    its expert store), so a changed input recomputes only the tasks that read it.
 
     ``compute(tasks)`` gets up to ``group`` uncached tasks of one family (their prompts alike
     in length, for the LLM stages) and returns one result per task, a dataset per key of
@@ -70,8 +75,12 @@ def run_cached(task_paths: Sequence[str], stores: Mapping[str, Sequence[str]], s
     """
     cache_dir = Path(cache_dir)
     tasks = [xr.open_zarr(path).load() for path in task_paths]
-    cached = [cache_dir / f"{task.attrs.get('name', Path(path).stem)}-{fingerprint(task, settings)}"
-              for task, path in zip(tasks, task_paths)]
+    if inputs and len(inputs) != len(tasks):
+        raise ValueError(f"{len(inputs)} inputs for {len(tasks)} tasks")
+    keyed = [{**settings, "inputs": {k: content_hash(v) for k, v in inputs[i].items()}} if inputs else settings
+             for i in range(len(tasks))]
+    cached = [cache_dir / f"{task.attrs.get('name', Path(path).stem)}-{fingerprint(task, key)}"
+              for task, path, key in zip(tasks, task_paths, keyed)]
     missing = [i for i, c in enumerate(cached) if not all((c / f"{key}.zarr").exists() for key in stores)]
     families: dict[str, list[int]] = {}
     for i in missing:

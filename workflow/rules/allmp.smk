@@ -13,8 +13,9 @@ rule allmp:
     params:
         stores=shard_tasks("allmp", "a-llmp"),
         llm=config["llm"],
-        expert=config["expert"],
-        allmp=config["allmp"],
+        expert=result_settings("expert"),
+        allmp=result_settings("allmp"),
+        tasks_per_forward=config["allmp"]["tasks_per_forward"],
         seed=config["seed"],
         cache=CACHE["allmp"],
     resources:

@@ -73,6 +73,17 @@ def shards(tasks, n):
     return out
 
 
+# Settings that only deal tasks into jobs, not what a task's result is. Rules hand a stage its
+# section without them (result_settings): its cache key hashes what it is handed, so a run dealt
+# otherwise (more shards on a cluster, more tasks a forward) reuses every finished task.
+DEALING = {"expert": ("shards",), "allmp": ("tasks_per_forward",), "sample": ("shards",)}
+
+
+def result_settings(section):
+    """config[section] less its DEALING keys."""
+    return {k: v for k, v in config[section].items() if k not in DEALING.get(section, ())}
+
+
 SHARDS = {
     "expert": shards(TASKS, config["expert"]["shards"]),
     "allmp": shards(ALLMP_TASKS, config["expert"]["shards"]),

@@ -14,7 +14,7 @@ rule expert:
     params:
         stores=shard_tasks("expert", "i-llmp"),
         llm=config["llm"],
-        expert=config["expert"],
+        expert=result_settings("expert"),
         cache=CACHE["expert"],
     resources:
         gpu=1 if config["llm"]["device"] == "cuda" else 0,

@@ -20,7 +20,7 @@ rule sample:
         stores=lambda wc: {m: shard_tasks("sample", m)(wc) for m in ("ndp", "llm-ndp", "llm-ndp-cal")},
         cache=CACHE["sample"],
         seed=config["seed"],
-        sample=config["sample"],
+        sample=result_settings("sample"),
         sampler=config["sampler"],
         x_range=config["prior"]["x_range"],
     conda:

@@ -11,7 +11,7 @@ from llmflow.tasks import task_seed
 with log_errors(snakemake.log[0], snakemake.threads) as log:
     llm_cfg = LLMConfig.from_config(snakemake.params.llm)
     expert_cfg = ExpertConfig.from_config(snakemake.params.expert)
-    cfg = AllmpConfig.from_config(snakemake.params.allmp)
+    cfg = AllmpConfig.from_config({**snakemake.params.allmp, "tasks_per_forward": snakemake.params.tasks_per_forward})
     device = choose_device(llm_cfg.device, shard=int(snakemake.wildcards.shard))
     model, tokenizer = load_model(llm_cfg.model, dtype=llm_cfg.dtype, device=device)
     name = model_label(llm_cfg.model)
@@ -25,8 +25,7 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     run_cached(
         snakemake.input.tasks,
         {"a-llmp": snakemake.params.stores},
-        {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert,
-         "allmp": {k: v for k, v in snakemake.params.allmp.items() if k != "tasks_per_forward"},
+        {"model": name, "dtype": llm_cfg.dtype, "expert": snakemake.params.expert, "allmp": snakemake.params.allmp,
          "seed": snakemake.params.seed},
         sample,
         snakemake.params.cache,

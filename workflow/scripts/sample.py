@@ -29,11 +29,11 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
     run_cached(
         snakemake.input.tasks,
         p.stores,
-        # what a task's draws depend on besides its data; not how the tasks are dealt into shards
-        {"model": content_hash(snakemake.input.model), "experts": {t: content_hash(e) for t, e in experts.items()},
-         "sample": {k: v for k, v in p.sample.items() if k != "shards"}, "sampler": p.sampler, "seed": p.seed,
+        # what a task's draws depend on besides its data and its own expert store (inputs)
+        {"model": content_hash(snakemake.input.model), "sample": p.sample, "sampler": p.sampler, "seed": p.seed,
          "x_range": p.x_range},
         compute,
         p.cache,
         log,
+        inputs=[{"i-llmp": path} for path in p.experts],
     )
