@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -47,6 +48,25 @@ def test_sha_mismatch_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ValueError, match="SHA-256"):
         llm.materialise("gemma3-270m", tmp_path / "gemma3-270m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_materialise_parses_the_gguf_once_into_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import gguf
+
+    opened, original = [], gguf.GGUFReader
+
+    def counting(path, mode="r"):
+        opened.append(path)
+        return original(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    once = llm.materialise("smollm2-135m", tmp_path / "once")
+    assert len(opened) == 1
+    monkeypatch.setattr(llm, "_gguf_read_once", contextlib.nullcontext)  # transformers' own reads
+    anew = llm.materialise("smollm2-135m", tmp_path / "anew")
+    assert len(opened) == 4
+    for file in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (once / file).read_bytes() == (anew / file).read_bytes(), file
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
