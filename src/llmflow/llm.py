@@ -132,7 +132,7 @@ def _gguf_read_once() -> Iterator[None]:
     transformers parses a GGUF anew for the config, the tokenizer and the weights (each
     ``load_gguf_checkpoint`` opens its own reader): about 12 CPU-s each for Gemma-3's
     262k-token vocabulary. The reader is only read from, so one serves all three: Gemma's
-    materialisation takes 33 CPU-s instead of 65, and writes the same bytes.
+    materialisation takes 38 CPU-s instead of 68 (bench/materialise_speed.py), the same bytes.
     """
     import gguf
 
@@ -157,7 +157,7 @@ def materialise(name: str, dest: str | os.PathLike) -> Path:
     Idempotent: a complete folder (with its marker file) is left as is. The GGUF parts are
     concatenated and their SHA-256 verified before anything is loaded; a mismatch raises
     ValueError and writes nothing. The folder is built in a temporary sibling and renamed into
-    place, so ``dest`` is either absent or complete. Takes ~17 CPU-s (SmolLM2) or ~33 (Gemma).
+    place, so ``dest`` is either absent or complete. Takes ~17 CPU-s (SmolLM2) or ~38 (Gemma).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
