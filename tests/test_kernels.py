@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llmflow.gp import posterior, sample_prior
-from llmflow.kernels import HYPERPARAMETERS, KERNEL_NAMES, Kernel
+from llmflow.kernels import HYPERPARAMETERS, KERNEL_NAMES, Kernel, covariances
 
 X = np.linspace(-1.0, 1.0, 7)[:, None]
 N_DRAWS = 6000
@@ -98,3 +98,14 @@ def test_a_kernel_read_back_from_its_record_is_the_same_kernel():
     # a store written before trends existed: no slope_variance, so no trend
     old = {name: v for name, v in k.hyperparameters().items() if name != "slope_variance"}
     assert Kernel.from_record("weakly_periodic", old).slope_variance == 0.0
+
+
+def test_covariances_of_many_kernels_equal_each_kernel_bit_for_bit():
+    # the GP oracle's grid path (one formula per family over all members) against one call each
+    rng = np.random.default_rng(3)
+    kernels = [Kernel(name, lengthscale=rng.uniform(0.1, 2), variance=rng.uniform(0.5, 2), period=rng.uniform(0.2, 1),
+                      periodic_lengthscale=rng.uniform(0.5, 2), slope_variance=rng.choice([0.0, rng.uniform(0, 2)]))
+               for name in rng.permutation(KERNEL_NAMES * 5)]
+    for d in (1, 2):
+        x1, x2 = rng.uniform(-2, 2, (7, d)), rng.uniform(-2, 2, (5, d))
+        np.testing.assert_array_equal(covariances(kernels, x1, x2), np.stack([k(x1, x2) for k in kernels]))

@@ -61,7 +61,7 @@ from scipy.special import logsumexp
 from llmflow.config import Section
 from llmflow.gp import LOG_2PI, posterior, stable_cholesky
 from llmflow.io import write_file
-from llmflow.kernels import HYPERPARAMETERS, Kernel
+from llmflow.kernels import HYPERPARAMETERS, Kernel, covariances
 from llmflow.likelihood import LikelihoodConfig, conditional_log_likelihood, marginal_log_likelihood
 from llmflow.metrics import ensemble_crps, gaussian_fit_loglik, kde_log_density
 from llmflow.ndp import TrainedNDP
@@ -257,7 +257,7 @@ def _log_evidences(grid: HyperGrid, x: np.ndarray, y: np.ndarray, n_ctx: int) ->
     its factor is the factor of the context covariance, and forward substitution is causal.
     """
     n = len(y)
-    cov = np.stack([k(x, x) for k in grid.kernels]) + (grid.noise_std**2 + 1e-9)[:, None, None] * np.eye(n)
+    cov = covariances(grid.kernels, x, x) + (grid.noise_std**2 + 1e-9)[:, None, None] * np.eye(n)
     chol = np.linalg.cholesky(cov)
     alpha = np.linalg.solve(chol, np.broadcast_to(y, (len(cov), n))[..., None])[..., 0]
     terms = -0.5 * alpha**2 - np.log(np.diagonal(chol, axis1=1, axis2=2)) - 0.5 * LOG_2PI
