@@ -106,6 +106,11 @@ def test_covariances_of_many_kernels_equal_each_kernel_bit_for_bit():
     kernels = [Kernel(name, lengthscale=rng.uniform(0.1, 2), variance=rng.uniform(0.5, 2), period=rng.uniform(0.2, 1),
                       periodic_lengthscale=rng.uniform(0.5, 2), slope_variance=rng.choice([0.0, rng.uniform(0, 2)]))
                for name in rng.permutation(KERNEL_NAMES * 5)]
+    # length-scales whose square by Python's power and by numpy's x*x differ in the last bit
+    kernels += [Kernel(name, lengthscale=0.4786618688802179, periodic_lengthscale=1.9072620013546644)
+                for name in KERNEL_NAMES]
     for d in (1, 2):
         x1, x2 = rng.uniform(-2, 2, (7, d)), rng.uniform(-2, 2, (5, d))
-        np.testing.assert_array_equal(covariances(kernels, x1, x2), np.stack([k(x1, x2) for k in kernels]))
+        expected = np.stack([k(x1, x2) for k in kernels])
+        np.testing.assert_array_equal(covariances(kernels, x1, x2), expected)
+        np.testing.assert_array_equal(covariances(kernels, x1, x2, chunk=3), expected)

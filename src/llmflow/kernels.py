@@ -18,7 +18,7 @@ forecast) where a stationary draw reverts to its mean.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,28 +69,35 @@ class Kernel:
     def __call__(self, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
         """Covariance matrix (n, m) between ``x1`` (n, D) and ``x2`` (m, D)."""
         x1, x2, diff, sq = _pairs(x1, x2)
-        k = _stationary(self.name, diff, sq, self.lengthscale, self.period, self.periodic_lengthscale)
+        k = _stationary(self.name, diff, sq, self.lengthscale, self.lengthscale**2, self.period, self.periodic_lengthscale**2)
         return self.variance * k + self.slope_variance * (x1 @ x2.T)
 
 
-def covariances(kernels: Sequence[Kernel], x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+def covariances(kernels: Sequence[Kernel], x1: np.ndarray, x2: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Covariance matrices (J, n, m) of ``kernels`` (J of them) between ``x1`` (n, D) and ``x2``
     (m, D); matrix j equals ``kernels[j](x1, x2)`` bit for bit.
 
-    The pairwise distances are computed once and each kernel family's formula runs on all its
-    members' hyper-parameters at once: the GP oracle's hyper-parameter grid holds ~18 000
-    kernels, which one call each spent most of its time on in Python.
+    The pairwise distances are computed once and each kernel family's formula runs on up to
+    ``chunk`` of its members' hyper-parameters at once (the temporaries stay a few MB): the GP
+    oracle's hyper-parameter grid holds tens of thousands of kernels, which one call each spent
+    most of its time on in Python.
     """
     x1, x2, diff, sq = _pairs(x1, x2)
+    trend = x1 @ x2.T
     out = np.empty((len(kernels), len(x1), len(x2)))
     for name in dict.fromkeys(k.name for k in kernels):
-        at = [j for j, k in enumerate(kernels) if k.name == name]
+        members = [j for j, k in enumerate(kernels) if k.name == name]
+        for lo in range(0, len(members), chunk):
+            at = members[lo:lo + chunk]
 
-        def field(f: str) -> np.ndarray:  # (J_name, 1, 1), against (n, m)
-            return np.array([getattr(kernels[j], f) for j in at])[:, None, None]
+            def field(value: Callable[[Kernel], float]) -> np.ndarray:  # (J, 1, 1), against (n, m)
+                # squares by Python's float power, as Kernel.__call__ takes them (numpy's x*x
+                # differs from it in the last bit for a few values)
+                return np.array([value(kernels[j]) for j in at])[:, None, None]
 
-        k = _stationary(name, diff, sq, field("lengthscale"), field("period"), field("periodic_lengthscale"))
-        out[at] = field("variance") * k + field("slope_variance") * (x1 @ x2.T)
+            k = _stationary(name, diff, sq, field(lambda k: k.lengthscale), field(lambda k: k.lengthscale**2),
+                            field(lambda k: k.period), field(lambda k: k.periodic_lengthscale**2))
+            out[at] = field(lambda k: k.variance) * k + field(lambda k: k.slope_variance) * trend
     return out
 
 
@@ -102,16 +109,17 @@ def _pairs(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return x1, x2, diff, np.sum(diff**2, axis=-1)
 
 
-def _stationary(name: str, diff: np.ndarray, sq: np.ndarray, lengthscale, period, periodic_lengthscale) -> np.ndarray:
+def _stationary(name: str, diff: np.ndarray, sq: np.ndarray, lengthscale, lengthscale_sq, period,
+                periodic_lengthscale_sq) -> np.ndarray:
     """Kernel ``name``'s stationary factor (k / variance) at differences ``diff`` (n, m, D) and
-    squared distances ``sq`` (n, m); hyper-parameters floats, or arrays (J, 1, 1) for J kernels
-    at once (then (J, n, m))."""
+    squared distances ``sq`` (n, m); hyper-parameters (and the squares the caller took) floats,
+    or arrays (J, 1, 1) for J kernels at once (then (J, n, m))."""
     if name == "se":
-        return np.exp(-0.5 * sq / lengthscale**2)
+        return np.exp(-0.5 * sq / lengthscale_sq)
     if name == "matern52":
         s = np.sqrt(5.0) * np.sqrt(sq) / lengthscale
         return (1.0 + s + s**2 / 3.0) * np.exp(-s)
     # one period per kernel, broadcast over the D input dimensions of diff
     sin2 = np.sum(np.sin(np.pi * np.abs(diff) / np.expand_dims(period, -1)) ** 2, axis=-1)
-    periodic = np.exp(-2.0 * sin2 / periodic_lengthscale**2)
-    return periodic if name == "periodic" else np.exp(-0.5 * sq / lengthscale**2) * periodic  # weakly periodic
+    periodic = np.exp(-2.0 * sin2 / periodic_lengthscale_sq)
+    return periodic if name == "periodic" else np.exp(-0.5 * sq / lengthscale_sq) * periodic  # weakly periodic

@@ -129,9 +129,9 @@ def _sha256(paths: list[Path], out: Path | None = None) -> str:
 def _gguf_read_once() -> Iterator[None]:
     """Within the block, one ``gguf.GGUFReader`` per file and mode.
 
-    transformers parses a GGUF anew for the config, the tokenizer and the weights (each
-    ``load_gguf_checkpoint`` opens its own reader): about 12 CPU-s each for Gemma-3's
-    262k-token vocabulary. The reader is only read from, so one serves all three: Gemma's
+    transformers parses a GGUF anew each time it loads from it (``load_gguf_checkpoint``: the
+    config for the tokenizer, the model's config, the weights): about 12 CPU-s each for
+    Gemma-3's 262k-token vocabulary. The reader is only read from, so one serves all three: Gemma's
     materialisation takes 38 CPU-s instead of 68 (bench/materialise_speed.py), the same bytes.
     """
     import gguf
