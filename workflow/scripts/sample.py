@@ -35,5 +35,6 @@ with log_errors(snakemake.log[0], snakemake.threads) as log:
         compute,
         p.cache,
         log,
-        inputs=[{"i-llmp": path} for path in p.experts],
+        # each task's own expert store, found by name as compute finds it
+        inputs=[{"i-llmp": experts[Path(path).stem]} for path in snakemake.input.tasks],
     )
